@@ -1,0 +1,226 @@
+"""LionConfig: one configuration for the text (BERT-shaped) and vision (ViT/DeiT-shaped) LION models."""
+
+from __future__ import annotations
+
+import copy
+
+from transformers import PretrainedConfig
+
+from .lion_attention import ATTENTION_FORMS
+
+MODALITIES = ("text", "vision")
+VARIANTS = ("lit", "d", "s")
+PATCH_ORDERS = ("raster", "snake")
+POOLINGS = ("cls", "mean")
+FEATURE_MAPS = ("identity", "elu_plus_one", "silu_shift_l2")
+
+TEXT_AUTO_MAP = {
+    "AutoConfig": "configuration_lion.LionConfig",
+    "AutoModel": "modeling_lion.LionModel",
+    "AutoModelForMaskedLM": "modeling_lion.LionForMaskedLM",
+    "AutoModelForSequenceClassification": "modeling_lion.LionForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_lion.LionForTokenClassification",
+    "AutoModelForQuestionAnswering": "modeling_lion.LionForQuestionAnswering",
+    "AutoModelForMultipleChoice": "modeling_lion.LionForMultipleChoice",
+}
+VISION_AUTO_MAP = {
+    "AutoConfig": "configuration_lion.LionConfig",
+    "AutoModel": "modeling_lion.LionModel",
+    "AutoModelForImageClassification": "modeling_lion.LionForImageClassification",
+}
+
+# Shapes of the original models: M2-BERT-based MLM (BERT base/large) and DeiT-based image classifiers.
+PRESETS = {
+    "bert-base": dict(modality="text", hidden_size=768, num_hidden_layers=12, num_attention_heads=12),
+    "bert-large": dict(modality="text", hidden_size=1024, num_hidden_layers=24, num_attention_heads=16),
+    "lion_tiny_patch16_224": dict(modality="vision", hidden_size=192, num_hidden_layers=12, num_attention_heads=3),
+    "lion_small_patch16_224": dict(modality="vision", hidden_size=384, num_hidden_layers=12, num_attention_heads=6),
+    "lion_base_patch16_224": dict(modality="vision", hidden_size=768, num_hidden_layers=12, num_attention_heads=12),
+}
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"Unknown {name} {value!r}; allowed: {', '.join(map(repr, allowed))}.")
+
+
+def _positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+class LionConfig(PretrainedConfig):
+    r"""Configuration of a LION model (Afzal et al., 2025, arXiv 2502.16249).
+
+    LION layers replace softmax attention by bidirectional linear attention under a decay mask; the same weights
+    run as full masked attention, chunkwise, or as a bidirectional RNN with identical outputs.
+
+    Args:
+        modality (`str`, *optional*, defaults to `"text"`):
+            `"text"`: a BERT-shaped encoder (post-LayerNorm, separate q/k/v, un-normalised attention over
+            padding-masked keys). `"vision"`: a ViT/DeiT-shaped encoder (patch embedding, class token,
+            pre-LayerNorm, fused qkv, row-normalised attention).
+        variant (`str`, *optional*, defaults to `"d"`):
+            `"lit"` (LION-LIT: no decay), `"d"` (LION-D: one learned decay per head), `"s"` (LION-S: a decay per
+            token and head, from a linear gate on the layer input).
+        attention_form (`str`, *optional*, defaults to `"parallel"`):
+            `"parallel"`, `"chunk"` or `"recurrent"`; changeable at any time (`model.set_attention_form`).
+        chunk_size (`int`, *optional*, defaults to 64): tokens per chunk of the `"chunk"` form.
+        patch_order (`str`, *optional*, defaults to `"raster"`):
+            vision only. `"snake"` builds the decay mask along a row-wise and a column-wise boustrophedon of the
+            patch grid (each with its own decay parameters or gate) and averages the two masks.
+        layer_norm_after (`bool`, *optional*):
+            text only: a LayerNorm over the heads' output before the attention output projection. Defaults to
+            `True` for `"lit"` and `False` otherwise, as in the original models.
+        feature_map (`str`, *optional*):
+            applied to queries and keys: `"identity"`, `"elu_plus_one"` or `"silu_shift_l2"` (SiLU + 0.5,
+            L2-normalised over the head dimension). Defaults: text `"identity"`; vision `"elu_plus_one"` for
+            `"lit"`, `"silu_shift_l2"` otherwise.
+        normalize_attention (`bool`, *optional*):
+            divide by the row sums of the masked scores (plus `attention_eps`). Defaults: text `False`, vision `True`.
+        attention_eps (`float`, *optional*, defaults to 1e-6): the row-sum normaliser's epsilon.
+        selective_gate_eps (`float`, *optional*):
+            LION-S log-decay is `log(1 - sigmoid(z) + selective_gate_eps)`; `0` means `logsigmoid(-z)`.
+            Defaults: text `1e-7`, vision `0.0`, as in the original models.
+        vocab_size, hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, hidden_act,
+        hidden_dropout_prob, attention_probs_dropout_prob, max_position_embeddings, type_vocab_size,
+        initializer_range, layer_norm_eps, pad_token_id, classifier_dropout:
+            as in `BertConfig` (vision: `intermediate_size` is the MLP width; `attention_probs_dropout_prob`
+            drops masked scores in the `"parallel"` form only). `intermediate_size` defaults to 4 x `hidden_size`;
+            the dropouts default to 0.1 (text) and 0.0 (vision); `layer_norm_eps` to 1e-12 (text), 1e-6 (vision).
+        image_size, patch_size, num_channels (vision): input geometry. `qkv_bias`: bias of the fused qkv projection.
+        use_position_embeddings (`bool`, vision): learned absolute position embeddings.
+        pooling (`str`, vision): `"cls"` (class token) or `"mean"` (mean of all tokens, class token included).
+        use_distillation_token (`bool`, vision): a DeiT-style distillation token after the class token, used by
+            `LionForImageClassificationWithTeacher`.
+        drop_path_rate (`float`, vision): stochastic depth, increasing linearly over the layers.
+        tie_word_embeddings (`bool`, *optional*, defaults to `True`): the MLM decoder shares the word embeddings.
+    """
+
+    model_type = "lion"
+
+    def __init__(
+        self,
+        modality: str = "text",
+        variant: str = "d",
+        attention_form: str = "parallel",
+        chunk_size: int = 64,
+        patch_order: str = "raster",
+        vocab_size: int = 30522,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int | None = None,
+        hidden_act: str = "gelu",
+        hidden_dropout_prob: float | None = None,
+        attention_probs_dropout_prob: float | None = None,
+        max_position_embeddings: int = 512,
+        type_vocab_size: int = 2,
+        initializer_range: float = 0.02,
+        layer_norm_eps: float | None = None,
+        pad_token_id: int = 0,
+        layer_norm_after: bool | None = None,
+        classifier_dropout: float | None = None,
+        feature_map: str | None = None,
+        normalize_attention: bool | None = None,
+        attention_eps: float = 1e-6,
+        selective_gate_eps: float | None = None,
+        image_size: int = 224,
+        patch_size: int = 16,
+        num_channels: int = 3,
+        qkv_bias: bool = True,
+        use_position_embeddings: bool = True,
+        pooling: str = "cls",
+        use_distillation_token: bool = False,
+        drop_path_rate: float = 0.0,
+        tie_word_embeddings: bool = True,
+        **kwargs,
+    ):
+        _choice("modality", modality, MODALITIES)
+        _choice("variant", variant, VARIANTS)
+        _choice("attention_form", attention_form, ATTENTION_FORMS)
+        _choice("patch_order", patch_order, PATCH_ORDERS)
+        _choice("pooling", pooling, POOLINGS)
+        for name, value in [
+            ("chunk_size", chunk_size),
+            ("hidden_size", hidden_size),
+            ("num_hidden_layers", num_hidden_layers),
+            ("num_attention_heads", num_attention_heads),
+        ]:
+            _positive_int(name, value)
+        if hidden_size % num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({hidden_size}) must be a multiple of num_attention_heads ({num_attention_heads})."
+            )
+        text = modality == "text"
+        if feature_map is None:
+            feature_map = "identity" if text else ("elu_plus_one" if variant == "lit" else "silu_shift_l2")
+        _choice("feature_map", feature_map, FEATURE_MAPS)
+        if text:
+            if patch_order != "raster":
+                raise ValueError(f"patch_order={patch_order!r} applies to vision models only; text models use 'raster'.")
+            if use_distillation_token:
+                raise ValueError("use_distillation_token=True applies to vision models only.")
+            for name, value in [("vocab_size", vocab_size), ("max_position_embeddings", max_position_embeddings)]:
+                _positive_int(name, value)
+        else:
+            for name, value in [("image_size", image_size), ("patch_size", patch_size), ("num_channels", num_channels)]:
+                _positive_int(name, value)
+            if image_size % patch_size:
+                raise ValueError(f"patch_size ({patch_size}) must divide image_size ({image_size}).")
+            if layer_norm_after:
+                raise ValueError("layer_norm_after=True applies to text models only.")
+
+        self.modality = modality
+        self.variant = variant
+        self.attention_form = attention_form
+        self.chunk_size = chunk_size
+        self.patch_order = patch_order
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = 4 * hidden_size if intermediate_size is None else intermediate_size
+        self.hidden_act = hidden_act
+        default_dropout = 0.1 if text else 0.0
+        self.hidden_dropout_prob = default_dropout if hidden_dropout_prob is None else hidden_dropout_prob
+        self.attention_probs_dropout_prob = (
+            default_dropout if attention_probs_dropout_prob is None else attention_probs_dropout_prob
+        )
+        self.max_position_embeddings = max_position_embeddings
+        self.type_vocab_size = type_vocab_size
+        self.initializer_range = initializer_range
+        self.layer_norm_eps = (1e-12 if text else 1e-6) if layer_norm_eps is None else layer_norm_eps
+        self.layer_norm_after = (text and variant == "lit") if layer_norm_after is None else layer_norm_after
+        self.classifier_dropout = classifier_dropout
+        self.feature_map = feature_map
+        self.normalize_attention = (not text) if normalize_attention is None else normalize_attention
+        self.attention_eps = attention_eps
+        self.selective_gate_eps = (1e-7 if text else 0.0) if selective_gate_eps is None else selective_gate_eps
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        self.qkv_bias = qkv_bias
+        self.use_position_embeddings = use_position_embeddings
+        self.pooling = pooling
+        self.use_distillation_token = use_distillation_token
+        self.drop_path_rate = drop_path_rate
+        self.tie_word_embeddings = tie_word_embeddings
+        if "auto_map" not in kwargs:
+            auto_map = copy.deepcopy(TEXT_AUTO_MAP if text else VISION_AUTO_MAP)
+            if use_distillation_token:
+                auto_map["AutoModelForImageClassification"] = "modeling_lion.LionForImageClassificationWithTeacher"
+            kwargs["auto_map"] = auto_map
+        super().__init__(pad_token_id=pad_token_id, **kwargs)
+
+    @property
+    def num_paths(self) -> int:
+        """How many token orders the decay mask is averaged over (2 for the snake order)."""
+        return 2 if self.patch_order == "snake" else 1
+
+    @classmethod
+    def from_preset(cls, name: str, **kwargs) -> LionConfig:
+        """A config with the shape of an original model, e.g. `from_preset("bert-base", variant="s")`."""
+        if name not in PRESETS:
+            raise ValueError(f"Unknown preset {name!r}; allowed: {', '.join(map(repr, PRESETS))}.")
+        return cls(**{**PRESETS[name], **kwargs})

@@ -1,0 +1,929 @@
+"""LION models: BERT-shaped text encoders and ViT/DeiT-shaped vision encoders built on the LION operator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    ImageClassifierOutput,
+    MaskedLMOutput,
+    MultipleChoiceModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+from transformers.utils import ModelOutput, logging
+from transformers.utils.generic import can_return_tuple
+
+from .configuration_lion import LionConfig
+from .lion_attention import ATTENTION_FORMS, lion_attention
+
+logger = logging.get_logger(__name__)
+
+
+def _elu_plus_one(x: torch.Tensor) -> torch.Tensor:
+    return F.elu(x) + 1
+
+
+def _silu_shift_l2(x: torch.Tensor) -> torch.Tensor:
+    x = F.silu(x) + 0.5
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+
+
+FEATURE_MAP_FUNCTIONS = {"identity": lambda x: x, "elu_plus_one": _elu_plus_one, "silu_shift_l2": _silu_shift_l2}
+
+
+def _is_compiling() -> bool:
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def snake_orders(rows: int, cols: int, num_prefix_tokens: int = 1, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The row-wise and column-wise boustrophedon over a ``rows x cols`` patch grid, special tokens first.
+
+    Each is a permutation of the ``num_prefix_tokens + rows * cols`` token indices: entry ``l`` is the token
+    visited at step ``l``. The row snake runs left-to-right on even rows and right-to-left on odd rows; the
+    column snake runs down even columns and up odd ones.
+    """
+    r = torch.arange(rows, device=device)[:, None]
+    c = torch.arange(cols, device=device)[None, :]
+    row_snake = (r * cols + torch.where(r % 2 == 0, c, cols - 1 - c)).flatten()
+    col_snake = (torch.where(c % 2 == 0, r, rows - 1 - r) * cols + c).t().flatten()
+    prefix = torch.arange(num_prefix_tokens, device=device)
+    return tuple(torch.cat([prefix, num_prefix_tokens + order]) for order in (row_snake, col_snake))
+
+
+class LionMixer(nn.Module):
+    """What every LION attention layer shares: the decay parameters and the call of the operator."""
+
+    def __init__(self, config: LionConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scale = self.head_dim**-0.5
+        self.feature_map = FEATURE_MAP_FUNCTIONS[config.feature_map]
+        if config.variant == "d":
+            # One decay logit per path and head: a = sigmoid(decay_logits).
+            self.decay_logits = nn.Parameter(torch.empty(config.num_paths, self.num_heads))
+        elif config.variant == "s":
+            # A gate per path and head from the layer input: a_t = 1 - sigmoid(decay_gate(x_t)).
+            self.decay_gate = nn.Linear(config.hidden_size, config.num_paths * self.num_heads)
+
+    def log_decays(self, gate_input: torch.Tensor, num_prefix_tokens: int) -> list[torch.Tensor] | None:
+        batch, length = gate_input.shape[:2]
+        if self.config.variant == "lit":
+            return None
+        if self.config.variant == "d":
+            log_a = F.logsigmoid(self.decay_logits.float())
+            return [log_a[p].view(1, self.num_heads, 1).expand(1, self.num_heads, length) for p in range(len(log_a))]
+        z = self.decay_gate(gate_input).float().view(batch, length, self.config.num_paths, self.num_heads)
+        eps = self.config.selective_gate_eps
+        log_a = torch.log(1 - torch.sigmoid(z) + eps) if eps > 0 else F.logsigmoid(-z)
+        if num_prefix_tokens:
+            # Special tokens (class, distillation) do not decay what passes them.
+            keep = torch.ones(length, device=z.device, dtype=z.dtype)
+            keep[:num_prefix_tokens] = 0
+            log_a = log_a * keep[:, None, None]
+        return list(log_a.permute(2, 0, 3, 1).unbind(0))
+
+    def mix(self, q, k, v, gate_input, key_padding_mask=None, orders=None, num_prefix_tokens=0) -> torch.Tensor:
+        """``q, k, v``: ``(B, H, N, D)`` before the feature map; returns ``(B, N, H * D)``."""
+        config = self.config
+        dropout = config.attention_probs_dropout_prob if self.training else 0.0
+        if dropout > 0 and config.attention_form != "parallel":
+            logger.warning_once(
+                f"attention_probs_dropout_prob={dropout} is applied only in the 'parallel' form; the "
+                f"'{config.attention_form}' form trains without score dropout."
+            )
+        out = lion_attention(
+            self.feature_map(q) * self.scale,
+            self.feature_map(k),
+            v,
+            self.log_decays(gate_input, num_prefix_tokens),
+            orders,
+            form=config.attention_form,
+            chunk_size=config.chunk_size,
+            normalize=config.normalize_attention,
+            eps=config.attention_eps,
+            key_padding_mask=key_padding_mask,
+            dropout_p=dropout,
+            training=self.training,
+        )
+        batch, _, length, _ = out.shape
+        return out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(*x.shape[:2], self.num_heads, self.head_dim).transpose(1, 2)
+
+
+# ----------------------------------------------------------------------------------------------- text
+
+
+class LionTextEmbeddings(nn.Module):
+    def __init__(self, config: LionConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids, position_ids, inputs_embeds):
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids) + self.position_embeddings(position_ids)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class LionSelfAttention(LionMixer):
+    def __init__(self, config: LionConfig):
+        super().__init__(config)
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        # The original applies a default-eps LayerNorm over the concatenated heads.
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=1e-5) if config.layer_norm_after else None
+
+    def forward(self, hidden_states, key_padding_mask=None):
+        q, k, v = (self.split_heads(proj(hidden_states)) for proj in (self.query, self.key, self.value))
+        context = self.mix(q, k, v, hidden_states, key_padding_mask=key_padding_mask)
+        return context if self.layer_norm is None else self.layer_norm(context)
+
+
+class LionSelfOutput(nn.Module):
+    """Projection, dropout and post-LayerNorm residual, as BERT's self-output and output blocks."""
+
+    def __init__(self, config: LionConfig, input_size: int):
+        super().__init__()
+        self.dense = nn.Linear(input_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, input_tensor):
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class LionAttention(nn.Module):
+    def __init__(self, config: LionConfig):
+        super().__init__()
+        self.self = LionSelfAttention(config)
+        self.output = LionSelfOutput(config, config.hidden_size)
+
+    def forward(self, hidden_states, key_padding_mask=None):
+        return self.output(self.self(hidden_states, key_padding_mask), hidden_states)
+
+
+class LionIntermediate(nn.Module):
+    def __init__(self, config: LionConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate_act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states):
+        return self.intermediate_act_fn(self.dense(hidden_states))
+
+
+class LionTextLayer(GradientCheckpointingLayer):
+    def __init__(self, config: LionConfig):
+        super().__init__()
+        self.attention = LionAttention(config)
+        self.intermediate = LionIntermediate(config)
+        self.output = LionSelfOutput(config, config.intermediate_size)
+
+    def forward(self, hidden_states, key_padding_mask=None):
+        attention_output = self.attention(hidden_states, key_padding_mask)
+        return self.output(self.intermediate(attention_output), attention_output)
+
+
+class LionPooler(nn.Module):
+    def __init__(self, config: LionConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden_states):
+        return self.activation(self.dense(hidden_states[:, 0]))
+
+
+# --------------------------------------------------------------------------------------------- vision
+
+
+class LionPatchEmbeddings(nn.Module):
+    def __init__(self, config: LionConfig):
+        super().__init__()
+        self.image_size = config.image_size
+        self.patch_size = config.patch_size
+        self.num_channels = config.num_channels
+        self.num_patches = (config.image_size // config.patch_size) ** 2
+        self.projection = nn.Conv2d(config.num_channels, config.hidden_size, config.patch_size, config.patch_size)
+
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False):
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != self.num_channels:
+            raise ValueError(
+                f"pixel_values must be (batch, {self.num_channels}, height, width) to match "
+                f"config.num_channels={self.num_channels}; got shape {tuple(pixel_values.shape)}."
+            )
+        height, width = pixel_values.shape[-2:]
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(
+                f"Image size {height}x{width} is not divisible by patch_size={self.patch_size}; resize or pad to a "
+                f"multiple of {self.patch_size}."
+            )
+        if not interpolate_pos_encoding and (height, width) != (self.image_size, self.image_size):
+            raise ValueError(
+                f"Image size {height}x{width} does not match config.image_size={self.image_size}; pass "
+                "interpolate_pos_encoding=True to run at another resolution."
+            )
+        patches = self.projection(pixel_values.to(self.projection.weight.dtype))
+        return patches.flatten(2).transpose(1, 2), patches.shape[-2:]
+
+
+class LionVisionEmbeddings(nn.Module):
+    def __init__(self, config: LionConfig):
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.distillation_token = (
+            nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.use_distillation_token else None
+        )
+        self.num_prefix_tokens = 2 if config.use_distillation_token else 1
+        self.patch_embeddings = LionPatchEmbeddings(config)
+        self.position_embeddings = (
+            nn.Parameter(torch.zeros(1, self.patch_embeddings.num_patches + self.num_prefix_tokens, config.hidden_size))
+            if config.use_position_embeddings
+            else None
+        )
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def interpolate_pos_encoding(self, rows: int, cols: int) -> torch.Tensor:
+        """Position embeddings for a ``rows x cols`` patch grid, bicubically resampled from the trained grid."""
+        table = self.position_embeddings
+        prefix, patches = table[:, : self.num_prefix_tokens], table[:, self.num_prefix_tokens :]
+        side = int(patches.shape[1] ** 0.5)
+        if (rows, cols) == (side, side):
+            return table
+        grid = patches.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid.float(), size=(rows, cols), mode="bicubic", align_corners=False).to(table.dtype)
+        return torch.cat([prefix, grid.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)], dim=1)
+
+    def forward(self, pixel_values, interpolate_pos_encoding=False):
+        patches, (rows, cols) = self.patch_embeddings(pixel_values, interpolate_pos_encoding)
+        batch = patches.shape[0]
+        prefix = [self.cls_token] + ([self.distillation_token] if self.distillation_token is not None else [])
+        embeddings = torch.cat([t.expand(batch, -1, -1) for t in prefix] + [patches], dim=1)
+        if self.position_embeddings is not None:
+            embeddings = embeddings + self.interpolate_pos_encoding(rows, cols)
+        return self.dropout(embeddings), (rows, cols)
+
+
+class LionVisionAttention(LionMixer):
+    def __init__(self, config: LionConfig):
+        super().__init__(config)
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.qkv_bias)
+        self.proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.proj_dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, orders=None, num_prefix_tokens=1):
+        batch, length, _ = hidden_states.shape
+        qkv = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        context = self.mix(q, k, v, hidden_states, orders=orders, num_prefix_tokens=num_prefix_tokens)
+        return self.proj_dropout(self.proj(context))
+
+
+class LionMLP(nn.Module):
+    def __init__(self, config: LionConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states):
+        return self.dropout(self.fc2(self.dropout(self.act(self.fc1(hidden_states)))))
+
+
+class LionDropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch of a sample with probability ``drop_prob``."""
+
+    def __init__(self, drop_prob: float):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x):
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class LionVisionLayer(GradientCheckpointingLayer):
+    def __init__(self, config: LionConfig, drop_path: float = 0.0):
+        super().__init__()
+        self.layernorm_before = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = LionVisionAttention(config)
+        self.layernorm_after = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = LionMLP(config)
+        self.drop_path = LionDropPath(drop_path)
+
+    def forward(self, hidden_states, orders=None, num_prefix_tokens=1):
+        attention = self.attention(self.layernorm_before(hidden_states), orders, num_prefix_tokens)
+        hidden_states = hidden_states + self.drop_path(attention)
+        return hidden_states + self.drop_path(self.mlp(self.layernorm_after(hidden_states)))
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+class LionEncoder(nn.Module):
+    def __init__(self, config: LionConfig):
+        super().__init__()
+        if config.modality == "text":
+            self.layer = nn.ModuleList(LionTextLayer(config) for _ in range(config.num_hidden_layers))
+        else:
+            rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+            self.layer = nn.ModuleList(LionVisionLayer(config, rate) for rate in rates)
+
+    def forward(self, hidden_states, output_hidden_states=False, **layer_kwargs):
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        for layer in self.layer:
+            hidden_states = layer(hidden_states, **layer_kwargs)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+        return hidden_states, all_hidden_states
+
+
+class LionPreTrainedModel(PreTrainedModel):
+    config_class = LionConfig
+    base_model_prefix = "lion"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LionTextLayer", "LionVisionLayer", "LionTextEmbeddings", "LionVisionEmbeddings"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if self.config.modality == "vision" and isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
+        if isinstance(module, LionMixer) and hasattr(module, "decay_logits"):
+            init.normal_(module.decay_logits, mean=0.0, std=1.0)
+        elif isinstance(module, LionVisionEmbeddings):
+            for token in (module.cls_token, module.distillation_token, module.position_embeddings):
+                if token is not None:
+                    init.trunc_normal_(token, std=std)
+        elif isinstance(module, LionLMPredictionHead):
+            init.zeros_(module.bias)
+
+    def set_attention_form(self, form: str, chunk_size: int | None = None) -> None:
+        """Switch every layer to the ``parallel``, ``chunk`` or ``recurrent`` form (same outputs)."""
+        if form not in ATTENTION_FORMS:
+            raise ValueError(f"Unknown attention form {form!r}; allowed: {', '.join(ATTENTION_FORMS)}.")
+        if chunk_size is not None:
+            if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+                raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+            self.config.chunk_size = chunk_size
+        self.config.attention_form = form
+
+    def _require_modality(self, modality: str) -> None:
+        if self.config.modality != modality:
+            raise ValueError(
+                f"{type(self).__name__} needs config.modality={modality!r}, got {self.config.modality!r}."
+            )
+
+
+class LionModel(LionPreTrainedModel):
+    """The LION encoder: text (BERT-shaped) or vision (ViT/DeiT-shaped), chosen by ``config.modality``."""
+
+    def __init__(self, config: LionConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        if config.modality == "text":
+            self.embeddings = LionTextEmbeddings(config)
+            self.pooler = LionPooler(config) if add_pooling_layer else None
+        else:
+            self.main_input_name = "pixel_values"
+            self.embeddings = LionVisionEmbeddings(config)
+            self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.encoder = LionEncoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        if self.config.modality == "text":
+            return self.embeddings.word_embeddings
+        return self.embeddings.patch_embeddings
+
+    def set_input_embeddings(self, value):
+        self._require_modality("text")
+        self.embeddings.word_embeddings = value
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if self.config.modality == "vision":
+            if pixel_values is None:
+                raise ValueError("A vision LionModel needs pixel_values.")
+            return self._forward_vision(pixel_values, interpolate_pos_encoding, output_hidden_states)
+        if pixel_values is not None:
+            raise ValueError("pixel_values given to a text LionModel; a vision model needs config.modality='vision'.")
+        return self._forward_text(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states
+        )
+
+    def _forward_text(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Specify exactly one of input_ids or inputs_embeds.")
+        shape = tuple(input_ids.shape) if input_ids is not None else tuple(inputs_embeds.shape[:-1])
+        if len(shape) != 2:
+            raise ValueError(f"input_ids must be (batch, length), got shape {shape}.")
+        batch, length = shape
+        device = input_ids.device if input_ids is not None else inputs_embeds.device
+        if length > self.config.max_position_embeddings:
+            raise ValueError(
+                f"Sequence length {length} exceeds max_position_embeddings={self.config.max_position_embeddings}; "
+                "truncate the input (e.g. tokenizer(..., truncation=True))."
+            )
+        key_padding_mask = None
+        if attention_mask is not None:
+            key_padding_mask = _key_padding_mask(attention_mask, shape)
+        if position_ids is None:
+            position_ids = torch.arange(length, device=device).expand(batch, length)
+            if key_padding_mask is not None:
+                # Left-padded rows number their real tokens from 0, so padding never shifts positions.
+                position_ids = torch.where(key_padding_mask, key_padding_mask.cumsum(1) - 1, position_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros(shape, dtype=torch.long, device=device)
+        hidden_states = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
+        hidden_states, all_hidden_states = self.encoder(
+            hidden_states, output_hidden_states, key_padding_mask=key_padding_mask
+        )
+        return BaseModelOutputWithPooling(
+            last_hidden_state=hidden_states,
+            pooler_output=self.pooler(hidden_states) if self.pooler is not None else None,
+            hidden_states=all_hidden_states,
+        )
+
+    def _forward_vision(self, pixel_values, interpolate_pos_encoding, output_hidden_states):
+        hidden_states, (rows, cols) = self.embeddings(pixel_values, interpolate_pos_encoding)
+        num_prefix_tokens = self.embeddings.num_prefix_tokens
+        orders = None
+        if self.config.patch_order == "snake" and self.config.variant != "lit":
+            orders = snake_orders(rows, cols, num_prefix_tokens, hidden_states.device)
+        hidden_states, all_hidden_states = self.encoder(
+            hidden_states, output_hidden_states, orders=orders, num_prefix_tokens=num_prefix_tokens
+        )
+        hidden_states = self.layernorm(hidden_states)
+        pooled = hidden_states[:, 0] if self.config.pooling == "cls" else hidden_states.mean(dim=1)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=hidden_states, pooler_output=pooled, hidden_states=all_hidden_states
+        )
+
+
+def _key_padding_mask(attention_mask: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    if tuple(attention_mask.shape) != shape:
+        raise ValueError(
+            f"attention_mask must have shape (batch, length) = {shape} like input_ids, got {tuple(attention_mask.shape)}."
+        )
+    mask = attention_mask.bool()
+    if not _is_compiling():
+        # A LION-S decay runs through every token between two real ones, so real tokens must be contiguous.
+        runs = mask[:, :1].long() + (mask[:, 1:] & ~mask[:, :-1]).long().sum(1, keepdim=True)
+        bad = (runs > 1).flatten().nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(
+                f"attention_mask rows {bad} have gaps; each row must mark one contiguous run of real tokens "
+                "(right or left padding)."
+            )
+    return mask
+
+
+def classification_loss(config: LionConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Regression, single-label or multi-label loss, chosen as transformers' BERT/ViT heads do."""
+    num_labels = config.num_labels
+    if config.problem_type is None:
+        if num_labels == 1:
+            config.problem_type = "regression"
+        elif num_labels > 1 and labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    if config.problem_type == "regression":
+        return F.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype)) if num_labels == 1 else F.mse_loss(
+            logits, labels.to(logits.dtype)
+        )
+    if config.problem_type == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1))
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+
+
+# ----------------------------------------------------------------------------------------- text heads
+
+
+class LionPredictionHeadTransform(nn.Module):
+    def __init__(self, config: LionConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.transform_act_fn = ACT2FN[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states):
+        return self.LayerNorm(self.transform_act_fn(self.dense(hidden_states)))
+
+
+class LionLMPredictionHead(nn.Module):
+    def __init__(self, config: LionConfig):
+        super().__init__()
+        self.transform = LionPredictionHeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden_states):
+        return self.decoder(self.transform(hidden_states))
+
+
+class LionOnlyMLMHead(nn.Module):
+    def __init__(self, config: LionConfig):
+        super().__init__()
+        self.predictions = LionLMPredictionHead(config)
+
+    def forward(self, sequence_output):
+        return self.predictions(sequence_output)
+
+
+class LionForMaskedLM(LionPreTrainedModel):
+    _tied_weights_keys = {
+        "cls.predictions.decoder.weight": "lion.embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.bias": "cls.predictions.bias",
+    }
+
+    def __init__(self, config: LionConfig):
+        super().__init__(config)
+        self._require_modality("text")
+        self.lion = LionModel(config, add_pooling_layer=False)
+        self.cls = LionOnlyMLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.cls.predictions.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.cls.predictions.decoder = new_embeddings
+        self.cls.predictions.bias = new_embeddings.bias
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        output_hidden_states=None,
+        **kwargs,
+    ) -> MaskedLMOutput:
+        outputs = self.lion(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.cls(outputs.last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.view(-1, self.config.vocab_size), labels.view(-1).to(logits.device))
+        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class _LionTextHead(LionPreTrainedModel):
+    """A text backbone with dropout in front of a task head."""
+
+    add_pooling_layer = True
+
+    def __init__(self, config: LionConfig):
+        super().__init__(config)
+        self._require_modality("text")
+        self.lion = LionModel(config, add_pooling_layer=self.add_pooling_layer)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+
+    def _backbone(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states):
+        return self.lion(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+
+
+class LionForSequenceClassification(_LionTextHead):
+    def __init__(self, config: LionConfig):
+        super().__init__(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        output_hidden_states=None,
+        **kwargs,
+    ) -> SequenceClassifierOutput:
+        outputs = self._backbone(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states
+        )
+        logits = self.classifier(self.dropout(outputs.pooler_output))
+        loss = classification_loss(self.config, logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class LionForTokenClassification(_LionTextHead):
+    add_pooling_layer = False
+
+    def __init__(self, config: LionConfig):
+        super().__init__(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        output_hidden_states=None,
+        **kwargs,
+    ) -> TokenClassifierOutput:
+        outputs = self._backbone(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states
+        )
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.view(-1, self.config.num_labels), labels.view(-1))
+        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class LionForQuestionAnswering(_LionTextHead):
+    add_pooling_layer = False
+
+    def __init__(self, config: LionConfig):
+        super().__init__(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        start_positions=None,
+        end_positions=None,
+        output_hidden_states=None,
+        **kwargs,
+    ) -> QuestionAnsweringModelOutput:
+        outputs = self._backbone(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states
+        )
+        start_logits, end_logits = self.qa_outputs(outputs.last_hidden_state).split(1, dim=-1)
+        start_logits, end_logits = start_logits.squeeze(-1).contiguous(), end_logits.squeeze(-1).contiguous()
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            # Answers outside the sequence are ignored, as in BERT.
+            ignored = start_logits.shape[1]
+            start_positions = start_positions.view(-1).clamp(0, ignored)
+            end_positions = end_positions.view(-1).clamp(0, ignored)
+            loss = (
+                F.cross_entropy(start_logits, start_positions, ignore_index=ignored)
+                + F.cross_entropy(end_logits, end_positions, ignore_index=ignored)
+            ) / 2
+        return QuestionAnsweringModelOutput(
+            loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=outputs.hidden_states
+        )
+
+
+class LionForMultipleChoice(_LionTextHead):
+    def __init__(self, config: LionConfig):
+        super().__init__(config)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        inputs_embeds=None,
+        labels=None,
+        output_hidden_states=None,
+        **kwargs,
+    ) -> MultipleChoiceModelOutput:
+        reference = input_ids if input_ids is not None else inputs_embeds
+        if reference is None or reference.dim() < 3:
+            raise ValueError("LionForMultipleChoice takes input_ids of shape (batch, num_choices, length).")
+        num_choices = reference.shape[1]
+
+        def flat(t):
+            return None if t is None else t.reshape(-1, *t.shape[2:])
+
+        outputs = self._backbone(
+            flat(input_ids),
+            flat(attention_mask),
+            flat(token_type_ids),
+            flat(position_ids),
+            flat(inputs_embeds),
+            output_hidden_states,
+        )
+        logits = self.classifier(self.dropout(outputs.pooler_output)).view(-1, num_choices)
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+# --------------------------------------------------------------------------------------- vision heads
+
+
+class LionForImageClassification(LionPreTrainedModel):
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: LionConfig):
+        super().__init__(config)
+        self._require_modality("vision")
+        self.lion = LionModel(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values=None,
+        labels=None,
+        output_hidden_states=None,
+        interpolate_pos_encoding=False,
+        **kwargs,
+    ) -> ImageClassifierOutput:
+        outputs = self.lion(
+            pixel_values=pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.classifier(outputs.pooler_output)
+        loss = classification_loss(self.config, logits, labels) if labels is not None else None
+        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+@dataclass
+class LionImageClassifierWithTeacherOutput(ModelOutput):
+    """Logits of a DeiT-style model: the average of the class-token and distillation-token heads, and both."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    cls_logits: torch.Tensor | None = None
+    distillation_logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+DISTILLATION_TYPES = ("hard", "soft")
+
+
+def distillation_loss(
+    cls_logits: torch.Tensor,
+    distillation_logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    distillation_type: str = "hard",
+    alpha: float = 0.5,
+    tau: float = 1.0,
+) -> torch.Tensor:
+    """DeiT's objective: ``(1 - alpha) * CE(cls, labels) + alpha * distillation term`` on the distillation head.
+
+    ``hard``: cross-entropy against the teacher's argmax. ``soft``: KL divergence to the teacher at temperature
+    ``tau``, scaled by ``tau**2``. ``labels`` may be class indices or (mixup-style) class probabilities.
+    """
+    if distillation_type not in DISTILLATION_TYPES:
+        raise ValueError(f"Unknown distillation_type {distillation_type!r}; allowed: {', '.join(DISTILLATION_TYPES)}.")
+    if teacher_logits.shape != distillation_logits.shape:
+        raise ValueError(
+            f"teacher_logits shape {tuple(teacher_logits.shape)} does not match the student's "
+            f"{tuple(distillation_logits.shape)}."
+        )
+    base = F.cross_entropy(cls_logits, labels)
+    teacher_logits = teacher_logits.detach()
+    if distillation_type == "hard":
+        distill = F.cross_entropy(distillation_logits, teacher_logits.argmax(dim=-1))
+    else:
+        distill = F.kl_div(
+            F.log_softmax(distillation_logits / tau, dim=-1),
+            F.log_softmax(teacher_logits / tau, dim=-1),
+            reduction="batchmean",
+            log_target=True,
+        ) * (tau * tau)
+    return (1 - alpha) * base + alpha * distill
+
+
+class LionForImageClassificationWithTeacher(LionPreTrainedModel):
+    """DeiT-style classifier: a class-token head and a distillation-token head, averaged at inference."""
+
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: LionConfig):
+        super().__init__(config)
+        self._require_modality("vision")
+        if not config.use_distillation_token:
+            raise ValueError("LionForImageClassificationWithTeacher needs config.use_distillation_token=True.")
+        self.lion = LionModel(config)
+        make_head = (lambda: nn.Linear(config.hidden_size, config.num_labels)) if config.num_labels > 0 else nn.Identity
+        self.cls_classifier = make_head()
+        self.distillation_classifier = make_head()
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values=None,
+        labels=None,
+        teacher_logits=None,
+        distillation_type="hard",
+        alpha=0.5,
+        tau=1.0,
+        output_hidden_states=None,
+        interpolate_pos_encoding=False,
+        **kwargs,
+    ) -> LionImageClassifierWithTeacherOutput:
+        outputs = self.lion(
+            pixel_values=pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        cls_logits = self.cls_classifier(outputs.pooler_output)
+        distillation_logits = self.distillation_classifier(outputs.last_hidden_state[:, 1])
+        loss = None
+        if labels is not None:
+            if teacher_logits is None:
+                raise ValueError("Training LionForImageClassificationWithTeacher with labels needs teacher_logits.")
+            loss = distillation_loss(
+                cls_logits, distillation_logits, labels, teacher_logits, distillation_type, alpha, tau
+            )
+        return LionImageClassifierWithTeacherOutput(
+            loss=loss,
+            logits=(cls_logits + distillation_logits) / 2,
+            cls_logits=cls_logits,
+            distillation_logits=distillation_logits,
+            hidden_states=outputs.hidden_states,
+        )
+
+
+__all__ = [
+    "LionModel",
+    "LionPreTrainedModel",
+    "LionForMaskedLM",
+    "LionForSequenceClassification",
+    "LionForTokenClassification",
+    "LionForQuestionAnswering",
+    "LionForMultipleChoice",
+    "LionForImageClassification",
+    "LionForImageClassificationWithTeacher",
+    "distillation_loss",
+    "snake_orders",
+]

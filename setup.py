@@ -1,0 +1,29 @@
+from setuptools import setup
+
+setup(
+    name="lion-hf",
+    version="0.1.0",
+    description="LION bidirectional linear-attention models (LION-LIT, LION-D, LION-S) for the Hugging Face stack",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    # modeling/ is the single source of the model code: it ships inside checkpoints as remote code and is
+    # installed here as lion_hf.modeling.
+    packages=["lion_hf", "lion_hf.modeling"],
+    package_dir={"lion_hf.modeling": "modeling"},
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.17,<6",
+        "safetensors>=0.4.3",
+        "huggingface_hub>=1.0",
+        "tokenizers>=0.21",
+        "accelerate>=1.1",
+        "datasets>=3.0",
+        "evaluate>=0.4.3",
+        "pillow>=10.0",
+        "tqdm>=4.66",
+    ],
+    extras_require={"dev": ["pytest>=8.0", "scikit-learn>=1.3"]},
+    entry_points={"console_scripts": ["lion-hf=lion_hf.cli:main"]},
+)
