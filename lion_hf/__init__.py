@@ -29,6 +29,7 @@ from .modeling.modeling_lion import (
     LionModel,
     LionPreTrainedModel,
     distillation_loss,
+    lion_image_processor,
     snake_orders,
 )
 
@@ -51,8 +52,12 @@ def _register() -> None:
     for auto_class, model_class in AUTO_CLASSES.items():
         auto_class.register(LionConfig, model_class, exist_ok=True)
         model_class.register_for_auto_class(auto_class.__name__)
-    # Saved with the image-classification auto class in its auto_map; loaded locally by its own class.
+    # Saved with the image-classification auto class in its auto_map. Locally, as for DeiT, a checkpoint's
+    # `architectures` picks between the two heads, so a distilled checkpoint keeps both of its classifiers.
     LionForImageClassificationWithTeacher.register_for_auto_class(AutoModelForImageClassification.__name__)
+    AutoModelForImageClassification.register(
+        LionConfig, (LionForImageClassification, LionForImageClassificationWithTeacher), exist_ok=True
+    )
 
 
 _register()
@@ -72,5 +77,6 @@ __all__ = [
     "LionPreTrainedModel",
     "distillation_loss",
     "lion_attention",
+    "lion_image_processor",
     "snake_orders",
 ]

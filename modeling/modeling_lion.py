@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +21,8 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
-from transformers.utils import ModelOutput, logging
+from transformers.utils import IMAGE_PROCESSOR_NAME, ModelOutput, logging
+from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_lion import LionConfig
@@ -283,6 +285,43 @@ class LionVisionEmbeddings(nn.Module):
         return self.dropout(embeddings), (rows, cols)
 
 
+# DeiT evaluates on a centre crop covering 87.5% of the shorter side after resizing.
+EVAL_CROP_RATIO = 0.875
+
+
+def lion_image_processor(config: LionConfig):
+    """The standard transformers image processor for a vision ``config``: DeiT's evaluation transform.
+
+    RGB conversion, bicubic resize of the shorter side to ``int(image_size / 0.875)``, centre crop to
+    ``image_size x image_size``, rescale to [0, 1] and normalisation with the ImageNet mean and std, as the original
+    LION/DeiT code evaluates. It is transformers' PIL-backed ``BitImageProcessorPil``; saved, it reloads with
+    ``AutoImageProcessor`` (which picks the torchvision-backed twin when torchvision is installed).
+    """
+    if config.modality != "vision":
+        raise ValueError(f"lion_image_processor needs a config with modality='vision', got {config.modality!r}.")
+    if config.num_channels != 3:
+        raise ValueError(
+            f"lion_image_processor normalises RGB images with the ImageNet mean and std; config.num_channels="
+            f"{config.num_channels} needs a processor of its own."
+        )
+    # Imported here: it needs Pillow, which the text models do not.
+    from transformers import BitImageProcessorPil
+    from transformers.image_utils import PILImageResampling
+
+    return BitImageProcessorPil(
+        do_convert_rgb=True,
+        do_resize=True,
+        size={"shortest_edge": int(config.image_size / EVAL_CROP_RATIO)},
+        resample=PILImageResampling.BICUBIC,
+        do_center_crop=True,
+        crop_size={"height": config.image_size, "width": config.image_size},
+        do_rescale=True,
+        do_normalize=True,
+        image_mean=IMAGENET_DEFAULT_MEAN,
+        image_std=IMAGENET_DEFAULT_STD,
+    )
+
+
 class LionVisionAttention(LionMixer):
     def __init__(self, config: LionConfig):
         super().__init__(config)
@@ -349,7 +388,10 @@ class LionEncoder(nn.Module):
         if config.modality == "text":
             self.layer = nn.ModuleList(LionTextLayer(config) for _ in range(config.num_hidden_layers))
         else:
-            rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+            # Stochastic depth grows linearly over the layers; plain floats, so that building under a meta or
+            # CUDA default device needs no tensor round trip.
+            last = max(config.num_hidden_layers - 1, 1)
+            rates = [config.drop_path_rate * i / last for i in range(config.num_hidden_layers)]
             self.layer = nn.ModuleList(LionVisionLayer(config, rate) for rate in rates)
 
     def forward(self, hidden_states, output_hidden_states=False, **layer_kwargs):
@@ -394,6 +436,30 @@ class LionPreTrainedModel(PreTrainedModel):
                 raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
             self.config.chunk_size = chunk_size
         self.config.attention_form = form
+
+    def save_pretrained(self, save_directory, *args, is_main_process=True, push_to_hub=False, **kwargs):
+        """``PreTrainedModel.save_pretrained``; a vision model also writes ``lion_image_processor(config)`` into the
+        folder unless it already holds a ``preprocessor_config.json`` (a processor saved there first is kept), so
+        every saved vision checkpoint works with ``AutoImageProcessor`` and ``pipeline("image-classification")``."""
+        super().save_pretrained(
+            save_directory, *args, is_main_process=is_main_process, push_to_hub=push_to_hub, **kwargs
+        )
+        if (
+            self.config.modality != "vision"
+            or not is_main_process
+            or not os.path.isdir(save_directory)
+            or os.path.isfile(os.path.join(save_directory, IMAGE_PROCESSOR_NAME))
+        ):
+            return
+        if self.config.num_channels != 3:
+            logger.warning(
+                f"No image processor saved with this model: num_channels={self.config.num_channels} has no standard "
+                "ImageNet processor; save your own into the folder."
+            )
+            return
+        # The model's own upload has already happened, so a pushed model gets its processor in a second commit.
+        hub_kwargs = {k: kwargs[k] for k in ("repo_id", "token") if k in kwargs} if push_to_hub else {}
+        lion_image_processor(self.config).save_pretrained(save_directory, push_to_hub=push_to_hub, **hub_kwargs)
 
     def _require_modality(self, modality: str) -> None:
         if self.config.modality != modality:
@@ -838,7 +904,9 @@ def distillation_loss(
     """DeiT's objective: ``(1 - alpha) * CE(cls, labels) + alpha * distillation term`` on the distillation head.
 
     ``hard``: cross-entropy against the teacher's argmax. ``soft``: KL divergence to the teacher at temperature
-    ``tau``, scaled by ``tau**2``. ``labels`` may be class indices or (mixup-style) class probabilities.
+    ``tau`` times ``tau**2``, summed and divided by the number of logits (batch x classes) exactly as DeiT's training
+    code does, so DeiT's ``alpha``/``tau`` recipes carry over. ``labels`` may be class indices or (mixup-style)
+    class probabilities.
     """
     if distillation_type not in DISTILLATION_TYPES:
         raise ValueError(f"Unknown distillation_type {distillation_type!r}; allowed: {', '.join(DISTILLATION_TYPES)}.")
@@ -855,9 +923,9 @@ def distillation_loss(
         distill = F.kl_div(
             F.log_softmax(distillation_logits / tau, dim=-1),
             F.log_softmax(teacher_logits / tau, dim=-1),
-            reduction="batchmean",
+            reduction="sum",
             log_target=True,
-        ) * (tau * tau)
+        ) * (tau * tau) / distillation_logits.numel()
     return (1 - alpha) * base + alpha * distill
 
 
@@ -925,5 +993,6 @@ __all__ = [
     "LionForImageClassification",
     "LionForImageClassificationWithTeacher",
     "distillation_loss",
+    "lion_image_processor",
     "snake_orders",
 ]
