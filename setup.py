@@ -9,9 +9,9 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     # modeling/ is the single source of the model code: it ships inside checkpoints as remote code and is
-    # installed here as lion_hf.modeling.
-    packages=["lion_hf", "lion_hf.modeling"],
-    package_dir={"lion_hf.modeling": "modeling"},
+    # installed here as lion_hf.modeling. conversion/ (original checkpoints -> Hub folders) becomes lion_hf.conversion.
+    packages=["lion_hf", "lion_hf.modeling", "lion_hf.conversion"],
+    package_dir={"lion_hf.modeling": "modeling", "lion_hf.conversion": "conversion"},
     install_requires=[
         "torch>=2.4",
         "transformers>=5.17,<6",

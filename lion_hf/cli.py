@@ -29,6 +29,13 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    # Imported here: conversion builds on lion_hf, and `lion-hf info` should not pay for it.
+    from lion_hf.conversion.cli import main as convert_main
+
+    return convert_main(args.arguments)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lion-hf", description="LION bidirectional linear-attention models for the Hugging Face stack."
@@ -36,12 +43,25 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     info = commands.add_parser("info", help="versions, devices and available attention backends")
     info.set_defaults(run=_info)
+    convert = commands.add_parser(
+        "convert",
+        help="original LION checkpoints -> Hugging Face folders (`lion-hf convert {vision,mlm} --help`)",
+        add_help=False,
+    )
+    # Everything after `convert` belongs to the conversion's own parser.
+    convert.add_argument("arguments", nargs=argparse.REMAINDER)
+    convert.set_defaults(run=_convert)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "convert":
+        # Options before the format (e.g. `convert --help`) are not captured by the remainder.
+        args.arguments = extra + args.arguments
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
