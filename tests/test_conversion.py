@@ -124,6 +124,9 @@ def test_converted_folders_are_complete_and_load_without_lion_hf(converted, tmp_
         config = json.loads((folder / "config.json").read_text())
         assert config["auto_map"]["AutoConfig"] == "configuration_lion.LionConfig"
         assert f"modeling_lion.{config['architectures'][0]}" in config["auto_map"].values()
+        if fixture.kind == "vision":
+            processor = json.loads((folder / "preprocessor_config.json").read_text())
+            assert processor["crop_size"] == {"height": config["image_size"], "width": config["image_size"]}
         assert fixture.checkpoint.name in (folder / "README.md").read_text()
         assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")], "staging folders left behind"
     jobs = [
