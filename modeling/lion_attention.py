@@ -244,8 +244,10 @@ def _chunk_path(q, k, v, log_decay, *, chunk_size):
 
 def _recurrent_path(q, k, v, log_decay, *, chunk_size):
     del chunk_size  # one token per step
-    length = q.shape[2]
-    decay = log_decay.to(_work_dtype(q)).exp().to(q.dtype)[..., None, None]
+    length, dtype = q.shape[2], q.dtype
+    # A half-precision state drifts: bfloat16 rounds a decay of 0.999 to 1 and drops small updates. Scan in float32.
+    q, k, v = (t.to(_work_dtype(q)) for t in (q, k, v))
+    decay = log_decay.to(q.dtype).exp()[..., None, None]
     state = q.new_zeros(q.shape[0], q.shape[1], q.shape[3], v.shape[3])
     forward = []
     for i in range(length):
@@ -259,4 +261,4 @@ def _recurrent_path(q, k, v, log_decay, *, chunk_size):
         state = update if i == length - 1 else decay[:, :, i + 1] * state + update
         backward[i] = (q[:, :, i, None, :] @ state).squeeze(-2)
     both_counted = (q * k).sum(-1, keepdim=True) * v
-    return torch.stack(forward, dim=2) + torch.stack(backward, dim=2) - both_counted
+    return (torch.stack(forward, dim=2) + torch.stack(backward, dim=2) - both_counted).to(dtype)

@@ -211,8 +211,14 @@ class LionPooler(nn.Module):
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.activation = nn.Tanh()
 
-    def forward(self, hidden_states):
-        return self.activation(self.dense(hidden_states[:, 0]))
+    def forward(self, hidden_states, key_padding_mask=None):
+        if key_padding_mask is None:
+            first = hidden_states[:, 0]
+        else:
+            # The first real token, so that left-padded rows pool their [CLS] and not a padding token.
+            rows = torch.arange(hidden_states.shape[0], device=hidden_states.device)
+            first = hidden_states[rows, key_padding_mask.int().argmax(dim=1)]
+        return self.activation(self.dense(first))
 
 
 # --------------------------------------------------------------------------------------------- vision
@@ -546,7 +552,7 @@ class LionModel(LionPreTrainedModel):
         )
         return BaseModelOutputWithPooling(
             last_hidden_state=hidden_states,
-            pooler_output=self.pooler(hidden_states) if self.pooler is not None else None,
+            pooler_output=self.pooler(hidden_states, key_padding_mask) if self.pooler is not None else None,
             hidden_states=all_hidden_states,
         )
 
@@ -599,7 +605,8 @@ def classification_loss(config: LionConfig, logits: torch.Tensor, labels: torch.
             logits, labels.to(logits.dtype)
         )
     if config.problem_type == "single_label_classification":
-        return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1))
+        # int32 labels select this loss too (as in BERT), but cross_entropy takes class indices as int64 only.
+        return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1).long())
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
