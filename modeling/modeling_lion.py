@@ -413,6 +413,9 @@ class LionPreTrainedModel(PreTrainedModel):
     config_class = LionConfig
     base_model_prefix = "lion"
     supports_gradient_checkpointing = True
+    # Losses are per-batch means; Trainer must scale them for gradient accumulation itself (the forward
+    # methods take **kwargs for compatibility, which Trainer would otherwise read as normalising by token count).
+    accepts_loss_kwargs = False
     _no_split_modules = ["LionTextLayer", "LionVisionLayer", "LionTextEmbeddings", "LionVisionEmbeddings"]
 
     @torch.no_grad()
