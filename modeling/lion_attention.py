@@ -11,19 +11,41 @@ average their masks: ``M = mean_p M_p``.
 
 Forms (all compute the same function):
 
-- ``parallel``: the mask materialised as an N x N matrix; the training form, the only one with score dropout.
-- ``chunk``: exact masked attention inside chunks of ``chunk_size`` tokens plus a forward and a backward state
-  carried between chunks; memory O(N * chunk_size + N / chunk_size * D^2).
-- ``recurrent``: a forward and a backward RNN over the tokens with a D x D state each (the bidirectional RNN
-  of the paper).
+- ``parallel``: the masked score matrix materialised, N x N; the training form, the only one with score dropout.
+- ``chunk``: exact masked attention inside chunks of ``chunk_size`` tokens plus the states carried between
+  chunks, all chunks at once (the states of every chunk from one small chunk-to-chunk transfer product);
+  memory O(N * chunk_size + N / chunk_size * D^2).
+- ``recurrent``: the bidirectional RNN of the paper, ``S_(c+1) = (decay over chunk c) S_c + (chunk c's keys and
+  values)`` forwards and its mirror image backwards, one step per chunk of ``chunk_size`` tokens
+  (``chunk_size=1``: one step per token); inside a step, the chunk's own tokens are exact masked attention.
+
+Without a decay (LION-LIT) the mask is all ones and every form reduces to ``Q (K^T V)``, which is what they
+compute (the parallel form keeps ``(Q K^T) V`` when the sequence is no longer than the head dimension, or when
+score dropout needs the matrix).
 
 Row normalisation (``normalize=True``: ``Y = (A V) / (rowsum(A) + eps)``) is computed by every form by carrying a
 column of ones next to the values, so the normaliser sees exactly the same mask as the numerator.
 
-Numerics: masks are exponentials of segment sums of log-decays. Segment sums are differences of prefix sums;
-for long sequences those prefix sums grow large and their float32 differences lose the small values that
-matter, so prefix sums are accumulated in float64 and carried as a float32 (high, low) pair. Only values
-``<= 0`` are ever exponentiated, so nothing overflows and no gradient meets ``inf``.
+Mask construction. With ``m`` the running sum of log-decays along the path minus half the token's own
+log-decay, and ``h`` half the token's log-decay, every mask entry is
+
+    log M_ij = sign(pos_i - pos_j) * (m_i - m_j) + h_j - h_i,
+
+one subtraction of two per-token numbers per entry (``pos``: the step of the path that visits the token).
+LION-D (a log-decay constant along the tokens, recognised by a zero stride along the length, as
+``x.expand(..., N)`` gives) uses the closed form ``log M_ij = log a * |pos_i - pos_j|``: no running sums at all.
+The masked product runs in one autograd node that keeps the mask for the backward pass and recomputes the
+scores, instead of autograd's chain of N x N temporaries.
+
+Numerics. Inputs in float32 or float64 compute exactly: running sums and the subtraction above in float64 (the
+sums grow with the length and their float32 differences would lose the small values that matter), masks
+exponentiated from values ``<= 0`` and rounded once to the compute dtype. Under bfloat16 (autocast, or bf16
+inputs) the relaxations are: running sums and their differences in float32, an absolute error of about
+``1.2e-7 * |running sum|`` in a log-mask entry, below bf16's resolution (``2**-9``) while the running sum stays
+under ~1.6e4 (per head: e.g. 4096 tokens of decay ``exp(-4)``); a single path's ``h`` is moved into the queries
+and keys (``q_i e^(-h_i)``, ``k_j e^(h_j)``: one more bf16 rounding of each), for which log-decays are clamped at
+-60 (decays under 1e-26, which bf16 cannot tell from 0 next to the diagonal's 1). Chunk-local sums, the chunk
+transfer (always float64: it is tiny) and the weights of the carried states stay as precise as in float32.
 """
 
 from __future__ import annotations
@@ -34,6 +56,9 @@ import torch
 import torch.nn.functional as F
 
 ATTENTION_FORMS = ("parallel", "chunk", "recurrent")
+
+# bf16 only: a single path's h is folded into q and k as exp(-h) and exp(h); this keeps both finite.
+_FOLD_MIN_LOG_DECAY = -60.0
 
 
 def lion_attention(
@@ -57,42 +82,50 @@ def lion_attention(
         q, k: ``(B, H, N, D)`` feature-mapped and (for ``q``) scaled queries and keys.
         v: ``(B, H, N, Dv)`` values.
         log_decays: ``None`` for no decay (LION-LIT), else one tensor per path of shape ``(B or 1, H, N)``
-            holding ``log a_t`` of every token, indexed in token order.
+            holding ``log a_t`` of every token, indexed in token order. One that is constant along the tokens
+            and expanded to the length (stride 0, e.g. ``logsigmoid(w).view(1, H, 1).expand(1, H, N)``) is LION-D
+            and takes the closed form.
         orders: ``None`` for the natural order, else one ``LongTensor`` ``(N,)`` per path: ``orders[p][l]`` is
             the token visited at step ``l`` of path ``p``.
         form: one of ``ATTENTION_FORMS``.
-        chunk_size: tokens per chunk for the ``chunk`` form (any positive size; the last chunk may be shorter).
+        chunk_size: tokens per chunk for the ``chunk`` form and per step of the ``recurrent`` form (any
+            positive size; the last chunk may be shorter).
         normalize: divide by the row sums of the masked scores plus ``eps``.
         key_padding_mask: ``(B, N)``, true/1 for real tokens; padded keys contribute nothing.
         dropout_p: dropout on the masked scores; only the ``parallel`` form materialises them.
 
     Returns:
-        ``(B, H, N, Dv)``.
+        ``(B, H, N, Dv)`` in the compute dtype: the autocast dtype under autocast, else the dtype of ``q``.
     """
     _check_inputs(q, k, v, log_decays, orders, form, chunk_size, key_padding_mask)
+    dtype = _compute_dtype(q)
+    # Contiguous heads: batched matrix products would otherwise copy them again at every use.
+    q, k, v = (t.to(dtype).contiguous() for t in (q, k, v))
     if key_padding_mask is not None:
-        k = k * key_padding_mask[:, None, :, None].to(k.dtype)
+        k = k * key_padding_mask[:, None, :, None].to(dtype)
+    value_dim = v.shape[-1]
     if normalize:
-        v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
+        v = _with_ones_column(v)
+    dropout_p = dropout_p if training and form == "parallel" else 0.0
 
     if log_decays is None:
-        paths = [(None, None)]
+        out = _undecayed(q, k, v, form, dropout_p)
     else:
-        paths = list(zip(log_decays, orders if orders is not None else [None] * len(log_decays)))
-
-    if form == "parallel":
-        out = _parallel(q, k, v, paths, dropout_p if training else 0.0)
-    else:
-        path_form = _chunk_path if form == "chunk" else _recurrent_path
-        out = None
-        for log_decay, order in paths:
-            y = _along(order, q, k, v, log_decay, lambda *t: path_form(*t, chunk_size=chunk_size))
-            out = y if out is None else out + y
-        if len(paths) > 1:
-            out = out / len(paths)
+        if orders is None:
+            orders = [None] * len(log_decays)
+        if form == "parallel":
+            out = _parallel(q, k, v, log_decays, orders, dropout_p)
+        else:
+            sequential = form == "recurrent"
+            out = None
+            for log_decay, order in zip(log_decays, orders):
+                y = _chunkwise_along(order, q, k, v, log_decay, chunk_size, sequential)
+                out = y if out is None else out + y
+            if len(log_decays) > 1:
+                out = out / len(log_decays)
 
     if normalize:
-        out = out[..., :-1] / (out[..., -1:] + eps)
+        out = out[..., :value_dim] / (out[..., value_dim : value_dim + 1] + eps)
     return out
 
 
@@ -131,8 +164,29 @@ def _check_inputs(q, k, v, log_decays, orders, form, chunk_size, key_padding_mas
         raise ValueError(f"{len(log_decays)} log-decay paths need as many orders, got none.")
 
 
-def _work_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+def _compute_dtype(q: torch.Tensor) -> torch.dtype:
+    if q.dtype == torch.float64:
+        return q.dtype
+    if torch.is_autocast_enabled(q.device.type):
+        return torch.get_autocast_dtype(q.device.type)
+    return q.dtype
+
+
+def _mask_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Where log-masks are formed: float64 for exact (float32/64) compute, float32 under bf16/fp16."""
+    return torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _with_ones_column(v: torch.Tensor) -> torch.Tensor:
+    # Padded with zeros to a multiple of 8 columns, the width at which bf16 matrix products stay on fast kernels.
+    width = -(-(v.shape[-1] + 1) // 8) * 8
+    extra = v.new_zeros(width - v.shape[-1])
+    extra[0] = 1
+    return torch.cat([v, extra.expand(*v.shape[:-1], -1)], dim=-1)
+
+
+def _is_constant_along_length(log_decay: torch.Tensor) -> bool:
+    return log_decay.shape[-1] == 1 or log_decay.stride(-1) == 0
 
 
 def _split(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,7 +205,8 @@ def _differences(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.
 
 
 def log_decay_matrix(log_decay: torch.Tensor, position: torch.Tensor | None = None, dtype=torch.float32) -> torch.Tensor:
-    """``log M`` for log-decays ``(..., N)`` given in path order.
+    """``log M`` as a dense matrix, for log-decays ``(..., N)`` given in path order (a reference; the forms do
+    not build it).
 
     ``position[r]`` is the path step of token ``r`` (``None``: the natural order); the result is indexed by
     tokens, ``(..., N, N)``, with ``0`` on the diagonal and ``<= 0`` everywhere.
@@ -169,96 +224,291 @@ def log_decay_matrix(log_decay: torch.Tensor, position: torch.Tensor | None = No
     return torch.where(position[:, None] >= position[None, :], forward, backward)
 
 
-def _parallel(q, k, v, paths, dropout_p):
-    scores = q @ k.transpose(-1, -2)
-    if paths[0][0] is not None:
-        dtype = _work_dtype(q)
-        mask = None
-        for log_decay, order in paths:
-            if order is None:
-                path_mask = log_decay_matrix(log_decay, dtype=dtype).exp()
+# ------------------------------------------------------------------------------------ the masked product
+
+
+def _pairwise(position: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``pos_i - pos_j`` for the steps ``pos`` of a path."""
+    return (position[:, None] - position[None, :]).to(dtype)
+
+
+def _log_mask(kind: str, static: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """One path's ``log M`` (``(..., N, N)``, in the dtype of ``a``).
+
+    ``distance``: ``static`` holds ``|pos_i - pos_j|`` and ``a`` the log-decay ``(..., 1, 1)``.
+    ``segments``: ``static`` holds ``sign(pos_i - pos_j)``, ``a`` is ``m (..., N)`` and ``b`` is ``h (..., N)``
+    or ``None`` when it was folded into the queries and keys.
+    """
+    if kind == "distance":
+        return static * a
+    log_mask = (a[..., :, None] - a[..., None, :]).mul_(static)
+    if b is not None:
+        log_mask.add_(b[..., None, :]).sub_(b[..., :, None])
+    return log_mask
+
+
+def _decay_mask(paths, dtype) -> torch.Tensor | None:
+    """The mean over paths of ``exp(log M_p)``, in ``dtype``."""
+    total = None
+    for path in paths:
+        mask = _log_mask(*path).exp_()
+        total = mask if total is None else total.add_(mask)
+    if total is None:
+        return None
+    if len(paths) > 1:
+        total.div_(len(paths))
+    return total.to(dtype)
+
+
+def _decay_gradients(paths, grad_log_mask) -> list[torch.Tensor | None]:
+    """Gradients of ``(a, b)`` of every path, from the gradient ``G`` of each path's ``log M``."""
+    grads = []
+    for index, (kind, static, a, b) in enumerate(paths):
+        g = grad_log_mask(index)
+        if kind == "distance":
+            dims = [d for d in range(g.dim() - 2) if a.shape[d] == 1 and g.shape[d] != 1]
+            reduced = g.sum(dims, keepdim=True, dtype=a.dtype) if dims else g.to(a.dtype)
+            grads += [(reduced * static).sum((-2, -1), keepdim=True), None]
+            continue
+        grad_b = None
+        if b is not None:
+            grad_b = (g.sum(-2, dtype=b.dtype) - g.sum(-1, dtype=b.dtype)).sum_to_size(b.shape)
+        signed = g.mul_(static.to(g.dtype))  # g is this path's own temporary
+        grad_a = (signed.sum(-1, dtype=a.dtype) - signed.sum(-2, dtype=a.dtype)).sum_to_size(a.shape)
+        grads += [grad_a, grad_b]
+    return grads
+
+
+def _pack(paths) -> tuple[tuple, list[torch.Tensor]]:
+    """Paths as a constant spec plus a flat list of tensors: all that torch.compile lets cross ``apply``."""
+    spec = tuple((kind, b is not None) for kind, _, _, b in paths)
+    tensors = [t for _, static, a, b in paths for t in (static, a, b) if t is not None]
+    return spec, tensors
+
+
+def _unpack(spec, tensors) -> list[tuple]:
+    paths, it = [], iter(tensors)
+    for kind, has_b in spec:
+        paths.append((kind, next(it), next(it), next(it) if has_b else None))
+    return paths
+
+
+class _MaskedAttention(torch.autograd.Function):
+    """``(dropout((q k^T) * M)) v`` with ``M`` built from per-path decay tensors, in one autograd node.
+
+    Forward keeps ``q, k, v``, the mask and the dropout mask; backward recomputes the scores (one matrix
+    product) instead of keeping them, and forms the decay gradients from row and column sums.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, dropout_p, spec, *path_tensors):
+        paths = _unpack(spec, path_tensors)
+        mask = _decay_mask(paths, q.dtype)
+        probs = q @ k.transpose(-1, -2)
+        if mask is not None:
+            probs.mul_(mask)
+        keep = None
+        if dropout_p > 0.0:
+            probs, keep = torch.native_dropout(probs, dropout_p, True)
+        ctx.dropout_p, ctx.spec = dropout_p, spec
+        ctx.save_for_backward(q, k, v, mask, keep, *path_tensors)
+        return probs @ v
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, mask, keep, *path_tensors = ctx.saved_tensors
+        paths = _unpack(ctx.spec, path_tensors)
+        scale = 1.0 / (1.0 - ctx.dropout_p)
+        scores = q @ k.transpose(-1, -2)
+        probs = scores if mask is None else (scores * mask if len(paths) > 1 else scores.mul_(mask))
+        dropped = probs if keep is None else torch.ops.aten.native_dropout_backward(probs, keep, scale)
+        grad_v = dropped.transpose(-1, -2) @ grad_out
+        grad_probs = grad_out @ v.transpose(-1, -2)
+        if keep is not None:
+            grad_probs = torch.ops.aten.native_dropout_backward(grad_probs, keep, scale)
+
+        decay_grads = [None] * (2 * len(paths))
+        if any(ctx.needs_input_grad[5:]):
+            if len(paths) == 1:
+                shared = grad_probs * probs  # d loss / d log M of the only path
+
+                def grad_log_mask(index):
+                    return shared
             else:
-                path_mask = log_decay_matrix(log_decay[..., order], torch.argsort(order), dtype).exp()
-            mask = path_mask if mask is None else mask + path_mask
-        if len(paths) > 1:
-            mask = mask / len(paths)
-        scores = scores * mask.to(scores.dtype)
-    if dropout_p > 0.0:
-        scores = F.dropout(scores, p=dropout_p, training=True)
-    return scores @ v
+                grad_mask = grad_probs * scores
+
+                def grad_log_mask(index):
+                    path_mask = _log_mask(*paths[index]).exp_().div_(len(paths))
+                    return grad_mask * path_mask.to(grad_mask.dtype)
+
+            decay_grads = _decay_gradients(paths, grad_log_mask)
+
+        grad_scores = grad_probs if mask is None else grad_probs.mul_(mask)
+        grad_q = grad_scores @ k
+        grad_k = grad_scores.transpose(-1, -2) @ q
+        # One gradient per packed tensor: none for the static tables, none for an absent b.
+        path_grads = []
+        for (kind, static, a, b), grad_a, grad_b in zip(paths, decay_grads[::2], decay_grads[1::2]):
+            path_grads += [None, grad_a] + ([grad_b] if b is not None else [])
+        return (grad_q, grad_k, grad_v, None, None, *path_grads)
 
 
-def _along(order, q, k, v, log_decay, path_form):
-    """Run ``path_form`` on the tokens visited in ``order`` and return its output in token order."""
-    if log_decay is None:
-        log_decay = q.new_zeros((1, q.shape[1], q.shape[2]), dtype=_work_dtype(q))
+def _masked_attention(q, k, v, paths, dropout_p=0.0) -> torch.Tensor:
+    """``paths``: ``(kind, static, a, b)`` per path (see ``_log_mask``); empty for no mask."""
+    spec, tensors = _pack(paths)
+    return _MaskedAttention.apply(q, k, v, dropout_p, spec, *tensors)
+
+
+def _undecayed(q, k, v, form, dropout_p):
+    if form == "parallel" and (dropout_p > 0.0 or q.shape[-2] <= q.shape[-1]):
+        return _masked_attention(q, k, v, [], dropout_p)
+    return q @ (k.transpose(-1, -2) @ v)
+
+
+def _segment_terms(log_decay, order, position, mask_dtype):
+    """``m`` and ``h`` (token order, ``mask_dtype``) of a path whose log-decays vary along the tokens."""
+    log_a = log_decay.to(mask_dtype)
+    along = log_a if order is None else log_a[..., order]
+    m = along.cumsum(-1) - 0.5 * along
+    if position is not None:
+        m = m[..., position]
+    return m, 0.5 * log_a
+
+
+def _path_mask_terms(q, log_decay, order, mask_dtype, fold: bool):
+    """One path as ``(kind, static, a, b)`` plus the ``(q, k)`` scaling it asks for when ``fold``."""
+    length = q.shape[-2]
+    position = None if order is None else torch.argsort(order)
+    steps = torch.arange(length, device=q.device) if position is None else position
+    if _is_constant_along_length(log_decay):
+        a = log_decay[..., :1, None].to(mask_dtype)
+        return ("distance", _pairwise(steps, mask_dtype).abs_(), a, None), None
+    if fold:
+        log_decay = log_decay.clamp(min=_FOLD_MIN_LOG_DECAY)
+    m, h = _segment_terms(log_decay, order, position, mask_dtype)
+    signs = _pairwise(steps, mask_dtype).sign_()
+    if fold:
+        return ("segments", signs, m, None), h
+    return ("segments", signs, m, h), None
+
+
+def _parallel(q, k, v, log_decays, orders, dropout_p):
+    mask_dtype = _mask_dtype(q.dtype)
+    fold = q.dtype == torch.bfloat16 and len(log_decays) == 1
+    paths = []
+    for log_decay, order in zip(log_decays, orders):
+        path, h = _path_mask_terms(q, log_decay, order, mask_dtype, fold)
+        if h is not None:
+            scale = h.exp()[..., None]
+            q, k = q / scale.to(q.dtype), k * scale.to(k.dtype)
+        paths.append(path)
+    return _masked_attention(q, k, v, paths, dropout_p)
+
+
+# ---------------------------------------------------------------------------------- chunk and recurrent
+
+
+def _chunkwise_along(order, q, k, v, log_decay, chunk_size, sequential):
+    """Run the chunked algorithm on the tokens visited in ``order``; return its output in token order."""
     if order is None:
-        return path_form(q, k, v, log_decay)
-    out = path_form(q[:, :, order], k[:, :, order], v[:, :, order], log_decay[..., order])
+        return _chunkwise(q, k, v, log_decay, chunk_size, sequential)
+    if not _is_constant_along_length(log_decay):
+        log_decay = log_decay[..., order]
+    out = _chunkwise(q[:, :, order], k[:, :, order], v[:, :, order], log_decay, chunk_size, sequential)
     return out[:, :, torch.argsort(order)]
 
 
-def _chunk_path(q, k, v, log_decay, *, chunk_size):
+def _chunkwise(q, k, v, log_decay, chunk_size, sequential):
+    """Masked attention in chunks: exact inside each chunk, through carried states between chunks."""
     batch, heads, length, _ = q.shape
-    pad = (-length) % chunk_size
+    size = min(chunk_size, length)
+    pad = (-length) % size
+    chunks = (length + pad) // size
+    mask_dtype = _mask_dtype(q.dtype)
+    constant = _is_constant_along_length(log_decay)
     if pad:
-        # Padded tokens carry no key or value and decay 1, so they change nothing.
+        # Padded tokens come last and carry no query, key or value: nothing reaches a real token through them.
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-        log_decay = F.pad(log_decay, (0, pad))
-    chunks = (length + pad) // chunk_size
-    dtype = _work_dtype(q)
+        if not constant:
+            log_decay = F.pad(log_decay, (0, pad))
 
     def blocks(t):
-        return t.reshape(t.shape[0], heads, chunks, chunk_size, *t.shape[3:])
+        return t.reshape(t.shape[0], heads, chunks, size, *t.shape[3:])
 
     qc, kc, vc = blocks(q), blocks(k), blocks(v)
-    log_a = blocks(log_decay).double()
-    inclusive = log_a.cumsum(-1)  # a_s ... a_i inside the chunk (s: its first token)
-    exclusive = inclusive - log_a  # a_s ... a_(i-1)
-    suffix = log_a.flip(-1).cumsum(-1).flip(-1)  # a_i ... a_e (e: its last token)
+    if constant:
+        # The same within-chunk decays in every chunk: one (1, size) row broadcast over the chunks.
+        log_a = log_decay[..., :1, None].to(mask_dtype).expand(-1, -1, 1, size)
+    else:
+        log_a = blocks(log_decay).to(mask_dtype)
 
-    intra_mask = log_decay_matrix(blocks(log_decay), dtype=dtype).exp()
-    out = ((qc @ kc.transpose(-1, -2)) * intra_mask.to(q.dtype)) @ vc
-    if chunks == 1:
-        return out.reshape(batch, heads, length + pad, -1)[:, :, :length]
-
-    # Chunk-level transfer: the state leaving chunk c' reaches chunk c > c' through the chunks between.
-    total = inclusive[..., -1]
-    total_inclusive = total.cumsum(-1)
-    between = _differences(total_inclusive - total, total_inclusive, dtype)
-    later = torch.ones(chunks, chunks, dtype=torch.bool, device=q.device).tril(-1)
-    transfer = torch.where(later, between, torch.full_like(between, float("-inf"))).exp().to(q.dtype)
-
-    def weighted(t, log_weight):
-        return t * log_weight.to(dtype).exp().to(t.dtype)[..., None]
-
-    def carried(transfer_matrix, contributions):
-        flat = contributions.flatten(-2)
-        return (transfer_matrix @ flat).view(contributions.shape)
-
-    forward_states = carried(transfer, weighted(kc, suffix).transpose(-1, -2) @ vc)
-    backward_states = carried(transfer.transpose(-1, -2), weighted(kc, inclusive).transpose(-1, -2) @ vc)
-    out = out + weighted(qc, exclusive) @ forward_states + weighted(qc, suffix - log_a) @ backward_states
+    positions = torch.arange(size, device=q.device)
+    q_intra, k_intra = qc, kc
+    if constant:
+        path = ("distance", _pairwise(positions, mask_dtype).abs_(), log_a[..., :1, None], None)
+    else:
+        fold = qc.dtype == torch.bfloat16
+        if fold:
+            log_a = log_a.clamp(min=_FOLD_MIN_LOG_DECAY)
+        m, h = _segment_terms(log_a, None, None, mask_dtype)
+        path = ("segments", _pairwise(positions, mask_dtype).sign_(), m, None if fold else h)
+        if fold:
+            scale = h.exp()[..., None]
+            q_intra, k_intra = qc / scale.to(qc.dtype), kc * scale.to(kc.dtype)
+    out = _masked_attention(q_intra, k_intra, vc, [path])
+    if chunks > 1:
+        out = out + _carried(qc, kc, vc, log_a, sequential)
     return out.reshape(batch, heads, length + pad, -1)[:, :, :length]
 
 
-def _recurrent_path(q, k, v, log_decay, *, chunk_size):
-    del chunk_size  # one token per step
-    length, dtype = q.shape[2], q.dtype
-    # A half-precision state drifts: bfloat16 rounds a decay of 0.999 to 1 and drops small updates. Scan in float32.
-    q, k, v = (t.to(_work_dtype(q)) for t in (q, k, v))
-    decay = log_decay.to(q.dtype).exp()[..., None, None]
-    state = q.new_zeros(q.shape[0], q.shape[1], q.shape[3], v.shape[3])
-    forward = []
-    for i in range(length):
-        update = k[:, :, i, :, None] * v[:, :, i, None, :]
-        state = update if i == 0 else decay[:, :, i - 1] * state + update
-        forward.append((q[:, :, i, None, :] @ state).squeeze(-2))
-    state = torch.zeros_like(state)
-    backward = [None] * length
-    for i in reversed(range(length)):
-        update = k[:, :, i, :, None] * v[:, :, i, None, :]
-        state = update if i == length - 1 else decay[:, :, i + 1] * state + update
-        backward[i] = (q[:, :, i, None, :] @ state).squeeze(-2)
-    both_counted = (q * k).sum(-1, keepdim=True) * v
-    return (torch.stack(forward, dim=2) + torch.stack(backward, dim=2) - both_counted).to(dtype)
+def _carried(qc, kc, vc, log_a, sequential):
+    """What reaches each chunk from the chunks before it (forward state) and after it (backward state)."""
+    dtype = qc.dtype
+    inclusive = log_a.cumsum(-1)  # a_s ... a_i inside the chunk (s: its first token)
+    exclusive = inclusive - log_a  # a_s ... a_(i-1)
+    total = inclusive[..., -1:]  # the whole chunk
+
+    def weighted(t, log_weight):
+        return t * log_weight.exp().to(dtype)[..., None]
+
+    # A chunk's keys and values as they leave it forwards (decayed to its end) and backwards (to its start).
+    leaving_forward = weighted(kc, total - exclusive).transpose(-1, -2) @ vc
+    leaving_backward = weighted(kc, inclusive).transpose(-1, -2) @ vc
+    chunks = qc.shape[2]
+    if sequential:
+        decay = total.exp().to(dtype)[..., None].expand(*leaving_forward.shape[:2], chunks, 1, 1)
+        forward_states = _scan(leaving_forward, decay, reverse=False)
+        backward_states = _scan(leaving_backward, decay, reverse=True)
+    else:
+        transfer = _transfer(total[..., 0], chunks).to(dtype)
+        forward_states = _apply_transfer(transfer, leaving_forward)
+        backward_states = _apply_transfer(transfer.transpose(-1, -2), leaving_backward)
+    # A token meets the forward state decayed from its chunk's start, the backward one from its chunk's end.
+    return weighted(qc, exclusive) @ forward_states + weighted(qc, total - inclusive) @ backward_states
+
+
+def _transfer(total: torch.Tensor, chunks: int) -> torch.Tensor:
+    """``T[c, c']``: how much of what leaves chunk ``c' < c`` forwards reaches chunk ``c`` (float64: tiny)."""
+    total = total.double().expand(*total.shape[:-1], chunks) if total.shape[-1] == 1 else total.double()
+    after = total.cumsum(-1)
+    before = after - total
+    log_transfer = before[..., :, None] - after[..., None, :]
+    later = torch.ones(chunks, chunks, dtype=torch.bool, device=total.device).tril(-1)
+    return log_transfer.masked_fill(~later, float("-inf")).exp()
+
+
+def _apply_transfer(transfer: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    flat = states.flatten(-2)
+    return (transfer @ flat).view(states.shape)
+
+
+def _scan(leaving: torch.Tensor, decay: torch.Tensor, reverse: bool) -> torch.Tensor:
+    """The RNN over chunks: the state entering each chunk, ``S_(c+1) = decay_c S_c + leaving_c``."""
+    chunks = leaving.shape[2]
+    steps = range(chunks - 1, -1, -1) if reverse else range(chunks)
+    state = torch.zeros_like(leaving[:, :, 0])
+    entering = [None] * chunks
+    for c in steps:
+        entering[c] = state
+        state = torch.addcmul(leaving[:, :, c], state, decay[:, :, c])
+    return torch.stack(entering, dim=2)

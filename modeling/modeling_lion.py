@@ -90,24 +90,23 @@ class LionMixer(nn.Module):
         eps = self.config.selective_gate_eps
         log_a = torch.log(1 - torch.sigmoid(z) + eps) if eps > 0 else F.logsigmoid(-z)
         if num_prefix_tokens:
-            # Special tokens (class, distillation) do not decay what passes them.
-            keep = torch.ones(length, device=z.device, dtype=z.dtype)
-            keep[:num_prefix_tokens] = 0
-            log_a = log_a * keep[:, None, None]
+            # Special tokens (class, distillation) do not decay what passes them. (In place: neither log nor
+            # logsigmoid keeps its output for the backward pass.)
+            log_a[:, :num_prefix_tokens] = 0
         return list(log_a.permute(2, 0, 3, 1).unbind(0))
 
     def mix(self, q, k, v, gate_input, key_padding_mask=None, orders=None, num_prefix_tokens=0) -> torch.Tensor:
-        """``q, k, v``: ``(B, H, N, D)`` before the feature map; returns ``(B, N, H * D)``."""
+        """``q, k``: ``(B, H, N, D)`` after the feature map, ``v`` likewise; returns ``(B, N, H * D)``."""
         config = self.config
         dropout = config.attention_probs_dropout_prob if self.training else 0.0
-        if dropout > 0 and config.attention_form != "parallel":
+        if dropout > 0 and config.attention_form != "parallel" and not _is_compiling():
             logger.warning_once(
                 f"attention_probs_dropout_prob={dropout} is applied only in the 'parallel' form; the "
                 f"'{config.attention_form}' form trains without score dropout."
             )
         out = lion_attention(
-            self.feature_map(q) * self.scale,
-            self.feature_map(k),
+            q * self.scale,
+            k,
             v,
             self.log_decays(gate_input, num_prefix_tokens),
             orders,
@@ -156,6 +155,7 @@ class LionSelfAttention(LionMixer):
 
     def forward(self, hidden_states, key_padding_mask=None):
         q, k, v = (self.split_heads(proj(hidden_states)) for proj in (self.query, self.key, self.value))
+        q, k = self.feature_map(q), self.feature_map(k)
         context = self.mix(q, k, v, hidden_states, key_padding_mask=key_padding_mask)
         return context if self.layer_norm is None else self.layer_norm(context)
 
@@ -337,8 +337,12 @@ class LionVisionAttention(LionMixer):
 
     def forward(self, hidden_states, orders=None, num_prefix_tokens=1):
         batch, length, _ = hidden_states.shape
-        qkv = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
+        qkv = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
+        # One copy into (3, B, H, N, D), then queries and keys through the feature map together: contiguous
+        # heads for every matrix product that follows, half the kernel launches.
+        qkv = qkv.permute(2, 0, 3, 1, 4).contiguous()
+        q, k = self.feature_map(qkv[:2]).unbind(0)
+        v = qkv[2]
         context = self.mix(q, k, v, hidden_states, orders=orders, num_prefix_tokens=num_prefix_tokens)
         return self.proj_dropout(self.proj(context))
 

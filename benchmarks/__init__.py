@@ -1,0 +1,1 @@
+"""Speed and memory of LION against softmax-attention (SDPA) baselines; run ``python -m benchmarks --help``."""

@@ -1,0 +1,223 @@
+"""Ratios to the softmax baselines, the issue's targets, the stdout table, the JSON and the plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+BASELINES = {
+    "vision": "ViT SDPA",
+    "compiled": "ViT SDPA",
+    "mlm": "BERT SDPA",
+    "inference": "ViT SDPA",
+    "operator": "SDPA",
+}
+# The keys that make two records the same configuration apart from the model.
+CASE_KEYS = {
+    "vision": ("shape", "batch"),
+    "compiled": ("shape", "batch"),
+    "mlm": ("seq_len", "batch"),
+    "inference": ("resolution", "batch"),
+    "operator": ("seq_len", "batch"),
+}
+
+
+def _case(record: dict) -> tuple:
+    return tuple(record[k] for k in CASE_KEYS[record["group"]])
+
+
+def add_ratios(records: list[dict]) -> None:
+    """``time_ratio`` and ``memory_ratio`` of every measured record to its group's baseline in the same case."""
+    baselines = {
+        (r["group"], _case(r)): r for r in records if r["model"] == BASELINES[r["group"]] and r["status"] == "ok"
+    }
+    for record in records:
+        base = baselines.get((record["group"], _case(record)))
+        ok = record["status"] == "ok" and base is not None
+        record["time_ratio"] = record["median_ms"] / base["median_ms"] if ok else None
+        record["memory_ratio"] = (
+            record["peak_mb"] / base["peak_mb"] if ok and record["peak_mb"] and base["peak_mb"] else None
+        )
+
+
+def _find(records, **keys) -> list[dict]:
+    return [r for r in records if all(r.get(k) == v for k, v in keys.items())]
+
+
+def _ok(records) -> list[dict]:
+    return [r for r in records if r["status"] == "ok"]
+
+
+def _ratio_target(name: str, record: dict | None, limit: float, key: str = "time_ratio") -> dict:
+    value = None if record is None else record.get(key)
+    return {"target": name, "limit": limit, "value": value, "met": value is not None and value <= limit}
+
+
+def evaluate_targets(records: list[dict]) -> list[dict]:
+    """The issue's targets, each with the figure that decides it; a missing figure counts as missed."""
+    targets = []
+    vision_shape = next((r["shape"] for r in records if r["group"] == "vision"), None)
+    for label, limit in (("LIT", 1.15), ("D", 1.25), ("S", 1.35)):
+        for suffix, extra in (("", 0.0), (" snake", 0.1)):
+            if label == "LIT" and suffix:
+                continue
+            name = f"LION-{label}{suffix}"
+            match = _find(records, group="vision", shape=vision_shape, model=name)
+            targets.append(
+                _ratio_target(f"vision training {vision_shape} {name}", match[0] if match else None, limit + extra)
+            )
+    shortest = min((r["seq_len"] for r in records if r["group"] == "mlm"), default=None)
+    for label in ("LIT", "D", "S"):
+        match = _find(records, group="mlm", seq_len=shortest, model=f"LION-{label}")
+        targets.append(_ratio_target(f"MLM training seq {shortest} LION-{label}", match[0] if match else None, 1.15))
+    resolutions = sorted({r["resolution"] for r in records if r["group"] == "inference"})
+    variants = sorted({r["model"] for r in records if r["group"] == "inference" and r["model"].startswith("LION")})
+    for variant in variants:
+        if 1024 in resolutions:
+            chunks = _ok(_find(records, group="inference", resolution=1024, model=variant, form="chunk"))
+            fastest = min(chunks, key=lambda r: r["median_ms"], default=None)
+            smallest = min(chunks, key=lambda r: r["peak_mb"] or float("inf"), default=None)
+            time_target = _ratio_target(f"inference 1024 px {variant} chunk time", fastest, 1.5)
+            memory_target = _ratio_target(
+                f"inference 1024 px {variant} chunk peak memory", smallest, 1.0, "memory_ratio"
+            )
+            for target, record in ((time_target, fastest), (memory_target, smallest)):
+                target["chunk_size"] = None if record is None else record["chunk_size"]
+                targets.append(target)
+        if 2048 in resolutions:
+            chunks = _ok(_find(records, group="inference", resolution=2048, model=variant, form="chunk"))
+            fastest = min(chunks, key=lambda r: r["median_ms"], default=None)
+            target = _ratio_target(f"inference 2048 px {variant} chunk faster than ViT SDPA", fastest, 1.0)
+            target["met"] = target["value"] is not None and target["value"] < 1.0
+            target["chunk_size"] = None if fastest is None else fastest["chunk_size"]
+            targets.append(target)
+        if resolutions:
+            low = resolutions[0]
+            parallel = _ok(_find(records, group="inference", resolution=low, model=variant, form="parallel"))
+            recurrent = [
+                r
+                for r in _ok(_find(records, group="inference", resolution=low, model=variant, form="recurrent"))
+                if r["chunk_size"] != 1
+            ]
+            value = recurrent[0]["median_ms"] / parallel[0]["median_ms"] if parallel and recurrent else None
+            targets.append(
+                {
+                    "target": f"inference {low} px {variant} recurrent / parallel time",
+                    "limit": 10.0,
+                    "value": value,
+                    "met": value is not None and value <= 10.0,
+                }
+            )
+    return targets
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _describe(record: dict) -> str:
+    form = record.get("form")
+    if form is None:
+        return record["model"]
+    chunk = f"/{record['chunk_size']}" if form != "parallel" and record.get("chunk_size") else ""
+    return f"{record['model']} {form}{chunk}"
+
+
+def table(records: list[dict], targets: list[dict]) -> str:
+    lines = []
+    titles = {
+        "vision": "vision training step (fwd + bwd + AdamW, bf16 autocast)",
+        "compiled": "vision training step under torch.compile",
+        "mlm": "MLM training step (fwd + bwd + AdamW, bf16 autocast)",
+        "inference": "inference (bf16 autocast) against resolution",
+        "operator": "attention operator alone, fwd + bwd (bf16)",
+    }
+    for group, title in titles.items():
+        rows = [r for r in records if r["group"] == group]
+        if not rows:
+            continue
+        lines.append(f"\n== {title} ==")
+        lines.append(
+            f"{'case':<24} {'configuration':<28} {'median ms':>10} {'x base':>7} {'peak MB':>9} {'x mem':>6}  note"
+        )
+        for r in rows:
+            case = " ".join(f"{k}={r[k]}" for k in CASE_KEYS[group])
+            note = "" if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}"
+            lines.append(
+                f"{case:<24} {_describe(r):<28} {_fmt(r.get('median_ms'), '10.2f')} "
+                f"{_fmt(r.get('time_ratio'), '7.2f')} {_fmt(r.get('peak_mb'), '9.0f')} "
+                f"{_fmt(r.get('memory_ratio'), '6.2f')}  {note}"
+            )
+    if targets:
+        lines.append("\n== targets ==")
+        for t in targets:
+            verdict = "MET" if t["met"] else "MISSED"
+            chunk = f" (chunk {t['chunk_size']})" if t.get("chunk_size") else ""
+            lines.append(f"{verdict:<7} {t['target']}{chunk}: {_fmt(t['value'], '.2f')} (limit {t['limit']})")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, meta: dict, records: list[dict], targets: list[dict]) -> None:
+    path.write_text(json.dumps({"meta": meta, "results": records, "targets": targets}, indent=1) + "\n")
+
+
+def read_json(path: Path) -> tuple[dict, list[dict], list[dict]]:
+    data = json.loads(path.read_text())
+    return data["meta"], data["results"], data["targets"]
+
+
+def _series(records: list[dict], group: str, x_key: str, model: str) -> dict[str, list[tuple[int, dict]]]:
+    lines: dict[str, list[tuple[int, dict]]] = {}
+    for r in records:
+        if r["group"] == group and r["model"] in (model, BASELINES[group]):
+            lines.setdefault(_describe(r), []).append((r[x_key], r))
+    return lines
+
+
+def plot(records: list[dict], out_dir: Path, mode_note: str) -> list[Path]:
+    """Time and peak memory against resolution (inference) and sequence length (operator), one panel per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for group, x_key, x_label in (("inference", "resolution", "image side (px)"), ("operator", "seq_len", "tokens")):
+        names = {r["model"] for r in records if r["group"] == group and r["model"] != BASELINES[group]}
+        variants = [v for v in ("LION-LIT", "LION-D", "LION-S") if v in names] + sorted(
+            names - {"LION-LIT", "LION-D", "LION-S"}
+        )
+        if not variants:
+            continue
+        quantities = (("time", "median_ms", "median time (ms)"), ("memory", "peak_mb", "peak memory (MiB)"))
+        for quantity, y_key, y_label in quantities:
+            if not any(r.get(y_key) for r in records if r["group"] == group):
+                continue
+            fig, axes = plt.subplots(1, len(variants), figsize=(5.5 * len(variants), 4.5), squeeze=False)
+            for ax, variant in zip(axes[0], variants):
+                for name, points in _series(records, group, x_key, variant).items():
+                    xs = [x for x, r in points if r["status"] == "ok" and r.get(y_key)]
+                    ys = [r[y_key] for x, r in points if r["status"] == "ok" and r.get(y_key)]
+                    style = dict(color="black", linewidth=2.5) if name == BASELINES[group] else {}
+                    if xs:
+                        ax.plot(xs, ys, marker="o", label=name, **style)
+                    failed = [x for x, r in points if r["status"] == "oom"]
+                    if failed and xs:
+                        ax.plot(failed, [max(ys)] * len(failed), "x", color=ax.lines[-1].get_color(), markersize=10)
+                ax.set_xscale("log", base=2)
+                ticks = sorted({r[x_key] for r in records if r["group"] == group})
+                ax.set_xticks(ticks, [str(t) for t in ticks])
+                ax.minorticks_off()
+                ax.set_yscale("log")
+                ax.set_xlabel(x_label)
+                ax.set_ylabel(y_label)
+                ax.set_title(variant)
+                ax.grid(True, which="both", alpha=0.3)
+                ax.legend(fontsize=7)
+            fig.suptitle(f"{group}: {quantity} ({mode_note}; x = out of memory)")
+            fig.tight_layout()
+            path = out_dir / f"{group}_{quantity}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path)
+    return written
