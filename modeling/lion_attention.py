@@ -114,7 +114,7 @@ def lion_attention(
         if orders is None:
             orders = [None] * len(log_decays)
         if form == "parallel":
-            out = _parallel(q, k, v, log_decays, orders, dropout_p)
+            out = _parallel(*_padded_to_8(q, k, v, log_decays, orders), dropout_p)[:, :, : q.shape[2]]
         else:
             sequential = form == "recurrent"
             out = None
@@ -390,6 +390,28 @@ def _path_mask_terms(q, log_decay, order, mask_dtype, fold: bool):
     if fold:
         return ("segments", signs, m, None), h
     return ("segments", signs, m, h), None
+
+
+def _padded_to_8(q, k, v, log_decays, orders):
+    """The inputs with the length padded to a multiple of 8 by tokens that change nothing.
+
+    An N x N score matrix whose rows are not 16-byte aligned pushes cuBLAS onto slow generic kernels. Padded
+    tokens have no query, key or value, decay 1, and come last on every path.
+    """
+    length = q.shape[2]
+    pad = (-length) % 8
+    if not pad:
+        return q, k, v, log_decays, orders
+    q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    padded_decays = []
+    for log_decay in log_decays:
+        if _is_constant_along_length(log_decay):
+            padded_decays.append(log_decay[..., :1].expand(*log_decay.shape[:-1], length + pad))
+        else:
+            padded_decays.append(F.pad(log_decay, (0, pad)))
+    tail = torch.arange(length, length + pad, device=q.device)
+    orders = [None if order is None else torch.cat([order, tail]) for order in orders]
+    return q, k, v, padded_decays, orders
 
 
 def _parallel(q, k, v, log_decays, orders, dropout_p):

@@ -37,7 +37,8 @@ def _elu_plus_one(x: torch.Tensor) -> torch.Tensor:
 
 def _silu_shift_l2(x: torch.Tensor) -> torch.Tensor:
     x = F.silu(x) + 0.5
-    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    # Autocast computes the norm in float32; dividing by it in x's dtype keeps bf16 queries and keys bf16.
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).to(x.dtype)
 
 
 FEATURE_MAP_FUNCTIONS = {"identity": lambda x: x, "elu_plus_one": _elu_plus_one, "silu_shift_l2": _silu_shift_l2}
