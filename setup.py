@@ -24,6 +24,9 @@ setup(
         "pillow>=10.0",
         "tqdm>=4.66",
     ],
-    extras_require={"dev": ["pytest>=8.0", "scikit-learn>=1.3"]},
+    extras_require={
+        "bench": ["matplotlib>=3.7"],
+        "dev": ["pytest>=8.0", "matplotlib>=3.7"],
+    },
     entry_points={"console_scripts": ["lion-hf=lion_hf.cli:main"]},
 )

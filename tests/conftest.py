@@ -65,3 +65,12 @@ def run_without_lion_hf(code: str, cwd: Path, timeout: int = 600) -> str:
     if result.returncode != 0:
         raise AssertionError(f"subprocess failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result.stdout
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A skipped test is a failure here: every test must run, in CI too."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if skipped and exitstatus == pytest.ExitCode.OK:
+        reporter.write_line(f"{len(skipped)} test(s) skipped; skips count as failures in this project.", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
