@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--groups",
         default="vision,mlm,inference,operator",
-        help=f"comma-separated groups to run, from: {', '.join(GROUPS)} (default: all but 'compiled')",
+        help=f"comma-separated groups to run, from: {', '.join(GROUPS)} (default: all but the compiled ones)",
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")

@@ -58,3 +58,18 @@ def test_replot_redraws_from_a_results_file(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "plots" / "inference_time.png").exists()
     assert "LION-D chunk/8" in result.stdout and "1.50" in result.stdout
+
+
+def test_compiled_groups_get_their_own_baselines_and_no_eager_targets():
+    from benchmarks import report
+
+    def record(model, median_ms):
+        return {"group": "compiled_mlm", "shape": "BERT-base", "seq_len": 128, "batch": 8, "model": model,
+                "form": None, "chunk_size": None, "status": "ok", "median_ms": median_ms, "peak_mb": 100.0}  # fmt: skip
+
+    records = [record("BERT SDPA", 40.0), record("LION-S", 46.0)]
+    report.add_ratios(records)
+    assert [r["time_ratio"] for r in records] == [1.0, 46.0 / 40.0]
+    # The training targets are about the eager groups; a run without them decides none of them.
+    assert report.evaluate_targets(records) == []
+    assert "== MLM training step under torch.compile ==" in report.table(records, [])
