@@ -1,4 +1,4 @@
-"""The four benchmark groups: vision training, MLM training, inference against resolution, the operator alone."""
+"""The benchmark groups: vision and MLM training (eager and compiled), inference against resolution, the operator alone."""
 
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS
 SKIPPED_PARTS = {"test", "tests", "idlelib", "lib2to3", "turtledemo", "site-packages", "dist-packages", "__pycache__"}
 HELD_OUT_FRACTION = 0.05
 HELD_OUT_FILE = "held_out.txt"
+MIN_PARAGRAPHS = 1000
 
 
 # ----------------------------------------------------------------------------------------------- corpus
@@ -119,7 +120,13 @@ def pretrain(args: argparse.Namespace) -> None:
 
     set_seed(args.seed)
     started = time.perf_counter()
-    train_texts, held_out = split_held_out(prose_paragraphs(stdlib_docstrings()), args.seed)
+    paragraphs = prose_paragraphs(stdlib_docstrings())
+    if len(paragraphs) < MIN_PARAGRAPHS:
+        raise SystemExit(
+            f"Found only {len(paragraphs)} docstring paragraphs under {sysconfig.get_paths()['stdlib']}; the demo "
+            f"needs the standard library's .py sources (at least {MIN_PARAGRAPHS} paragraphs)."
+        )
+    train_texts, held_out = split_held_out(paragraphs, args.seed)
     print(f"corpus: {len(train_texts)} training and {len(held_out)} held-out docstring paragraphs "
           f"from {sysconfig.get_paths()['stdlib']}")
     tokenizer = train_tokenizer(train_texts, args.vocab_size, args.seq_len)
