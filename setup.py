@@ -1,5 +1,7 @@
 from setuptools import setup
 
+BENCHMARK_PLOTS = ["matplotlib>=3.7"]
+
 setup(
     name="lion-hf",
     version="0.1.0",
@@ -25,8 +27,8 @@ setup(
         "tqdm>=4.66",
     ],
     extras_require={
-        "bench": ["matplotlib>=3.7"],
-        "dev": ["pytest>=8.0", "matplotlib>=3.7"],
+        "bench": BENCHMARK_PLOTS,
+        "dev": ["pytest>=8.0", *BENCHMARK_PLOTS],
     },
     entry_points={"console_scripts": ["lion-hf=lion_hf.cli:main"]},
 )

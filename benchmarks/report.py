@@ -70,9 +70,11 @@ def evaluate_targets(records: list[dict]) -> list[dict]:
                 _ratio_target(f"vision training {vision_shape} {name}", match[0] if match else None, limit + extra)
             )
     shortest = min((r["seq_len"] for r in records if r["group"] == "mlm"), default=None)
-    for label in ("LIT", "D", "S") if shortest is not None else ():
-        match = _find(records, group="mlm", seq_len=shortest, model=f"LION-{label}")
-        targets.append(_ratio_target(f"MLM training seq {shortest} LION-{label}", match[0] if match else None, 1.15))
+    if shortest is not None:
+        for label in ("LIT", "D", "S"):
+            match = _find(records, group="mlm", seq_len=shortest, model=f"LION-{label}")
+            name = f"MLM training seq {shortest} LION-{label}"
+            targets.append(_ratio_target(name, match[0] if match else None, 1.15))
     resolutions = sorted({r["resolution"] for r in records if r["group"] == "inference"})
     variants = sorted({r["model"] for r in records if r["group"] == "inference" and r["model"].startswith("LION")})
     for variant in variants:

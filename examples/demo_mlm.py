@@ -35,9 +35,8 @@ MIN_PARAGRAPHS = 1000
 # ----------------------------------------------------------------------------------------------- corpus
 
 
-def stdlib_docstrings() -> list[str]:
-    """Every module, class and function docstring of the standard library's own source files."""
-    root = Path(sysconfig.get_paths()["stdlib"])
+def stdlib_docstrings(root: Path) -> list[str]:
+    """Every module, class and function docstring of the standard library's own source files under ``root``."""
     docstrings = []
     for path in sorted(root.rglob("*.py")):
         if SKIPPED_PARTS.intersection(path.relative_to(root).parts):
@@ -120,15 +119,16 @@ def pretrain(args: argparse.Namespace) -> None:
 
     set_seed(args.seed)
     started = time.perf_counter()
-    paragraphs = prose_paragraphs(stdlib_docstrings())
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    paragraphs = prose_paragraphs(stdlib_docstrings(stdlib))
     if len(paragraphs) < MIN_PARAGRAPHS:
         raise SystemExit(
-            f"Found only {len(paragraphs)} docstring paragraphs under {sysconfig.get_paths()['stdlib']}; the demo "
+            f"Found only {len(paragraphs)} docstring paragraphs under {stdlib}; the demo "
             f"needs the standard library's .py sources (at least {MIN_PARAGRAPHS} paragraphs)."
         )
     train_texts, held_out = split_held_out(paragraphs, args.seed)
     print(f"corpus: {len(train_texts)} training and {len(held_out)} held-out docstring paragraphs "
-          f"from {sysconfig.get_paths()['stdlib']}")
+          f"from {stdlib}")
     tokenizer = train_tokenizer(train_texts, args.vocab_size, args.seq_len)
     train_set = packed_examples(tokenizer, train_texts, args.seq_len)
     eval_set = packed_examples(tokenizer, held_out, args.seq_len)
