@@ -233,10 +233,10 @@ class AttentionImplementation:
     """One way to compute one form.
 
     ``run(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_padding_mask, dropout_p)`` gets
-    contiguous inputs in the compute dtype with at least one sample and one token, log-decays in
-    ``[-1000, 0]`` on every real token (see "Padding" in the module docstring), ``orders`` as one entry (a
-    permutation or ``None``) per path, a boolean ``key_padding_mask`` or ``None``, and a ``dropout_p`` that is
-    already 0 outside training.
+    contiguous inputs in the compute dtype with at least one sample and one token, log-decays no lower than
+    -1000 and finite outside each row's run of real tokens (see "Padding" in the module docstring), ``orders`` as
+    one entry (a permutation or ``None``) per path, a boolean ``key_padding_mask`` or ``None``, and a
+    ``dropout_p`` that is already 0 outside training.
     ``unsupported`` takes the same arguments and returns why it cannot run them, or ``None`` when it can.
     """
 

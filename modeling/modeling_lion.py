@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -440,6 +442,18 @@ class LionPreTrainedModel(PreTrainedModel):
         elif isinstance(module, LionLMPredictionHead):
             init.zeros_(module.bias)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' ``from_pretrained``, naming a weights file that does not parse (safetensors does not)."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as error:
+            damaged = _unreadable_safetensors(pretrained_model_name_or_path) or "its safetensors weights"
+            raise OSError(
+                f"Cannot load {str(pretrained_model_name_or_path)!r}: {damaged} cannot be read ({error}); the file is "
+                "truncated or damaged: save or download it again."
+            ) from error
+
     def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
         """LION has one attention of its own; transformers' softmax implementations do not apply."""
         if requested_attention not in (None, "eager"):
@@ -617,6 +631,19 @@ def _mask_problem(attention_mask: torch.Tensor, runs: torch.Tensor) -> str:
         f"attention_mask rows {gaps} have gaps; each row must mark one contiguous run of real tokens "
         "(right or left padding)."
     )
+
+
+def _unreadable_safetensors(location) -> str:
+    """The safetensors files of a local folder whose header does not parse, for an error message."""
+    folder = Path(location)
+    damaged = []
+    for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else ():
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except SafetensorError:
+            damaged.append(path.name)
+    return ", ".join(damaged)
 
 
 def _class_labels(labels: torch.Tensor) -> torch.Tensor:

@@ -279,3 +279,13 @@ def test_a_saved_config_with_a_bad_value_is_refused_at_load(tmp_path, entry, mes
     (tmp_path / "config.json").write_text(json.dumps({**config, **entry}))
     with pytest.raises(ValueError, match=re.escape(message)):
         LionForMaskedLM.from_pretrained(tmp_path)
+
+
+def test_a_truncated_weights_file_is_named(tmp_path):
+    """safetensors' own message ("incomplete metadata, file not fully covered") names no file."""
+    build(LionForMaskedLM, tiny_text_config()).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    message = f"Cannot load {str(tmp_path)!r}: model.safetensors cannot be read (Error while deserializing header"
+    with pytest.raises(OSError, match=re.escape(message)):
+        LionForMaskedLM.from_pretrained(tmp_path)
