@@ -30,8 +30,9 @@ def check_inputs_outside(output: str | Path, inputs: Iterable[str | Path | None]
             continue
         source = Path(path).resolve()
         if source == folder or folder in source.parents:
+            relation = "is" if source == folder else "contains"
             raise ValueError(
-                f"The output folder {str(output)!r} contains the input {str(path)!r}; replacing the folder would "
+                f"The output folder {str(output)!r} {relation} the input {str(path)!r}; replacing the folder would "
                 "delete it. Write to another folder."
             )
 

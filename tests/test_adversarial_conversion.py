@@ -69,7 +69,10 @@ def test_overwrite_never_deletes_an_input_inside_the_output_folder(mlm, fixtures
     assert sorted(p.name for p in folder.parent.iterdir()) == ["in"]  # no staging folder either
 
 
-def test_an_output_folder_above_the_inputs_is_refused_too(mlm, monkeypatch, capsys):
+def test_an_output_folder_that_is_or_is_above_an_input_is_refused_too(mlm, fixtures_dir, monkeypatch, capsys):
+    tokenizer = mlm["tokenizer"]
+    assert convert(fixtures_dir / "mlm_lion_d.pt", tokenizer, "--overwrite", "--tokenizer", tokenizer) == REFUSED
+    assert f"The output folder {str(tokenizer)!r} is the input {str(tokenizer)!r}" in capsys.readouterr().err
     monkeypatch.chdir(mlm["checkpoint"].parent.parent)
     assert convert(mlm["checkpoint"], ".", "--overwrite") == REFUSED
     assert "The output folder '.' contains the input" in capsys.readouterr().err
