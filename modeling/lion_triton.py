@@ -3,9 +3,9 @@
 FlashAttention-style tiling without a softmax (so without a running maximum). One program of the forward takes a
 block of queries of one (batch, head) and walks the blocks of keys: the scores ``q k^T`` of the tile, the decay
 mask of the tile from per-token numbers of every path (computed in registers), the key padding, the score dropout,
-then ``A v`` and the row sums ``A 1`` accumulated in float32. The backward recomputes the tiles twice: one kernel
-per block of keys (``dk``, ``dv`` and the column sums of the decay gradient), one per block of queries (``dq`` and
-the row sums), after a small kernel for the normaliser's share of the gradient.
+then ``A v`` and the row sums ``A 1`` accumulated in float32. The backward recomputes the tiles twice, in two
+launches: one program per block of queries (``dq``, the normaliser's share of the gradient, the row sums of the
+decay gradient), then one per block of keys (``dk``, ``dv``, the column sums, and the decay gradient's last step).
 
 The mask of a path with per-token steps ``pos`` (where the path visits the token), ``M_ij``:
 
@@ -25,13 +25,12 @@ float32 pair (high part, low part) so that ``u_i - u_j`` keeps its small values 
 float16 inputs use float32 accumulation and float32 running sums, as the PyTorch path does. The normaliser is the
 row sum of the dropped-out scores, as the PyTorch path's column of ones next to the values gives.
 
-The operators are registered with ``torch.library`` (forward and backward), so that ``torch.compile`` keeps them in
-its graph. Triton is optional: this module raises ``ImportError`` without it and ``lion_attention`` falls back to
+The forward and backward are registered as ``torch.library`` operators, which ``torch.compile`` keeps in its graph;
+eager calls take an ``autograd.Function`` around the same launches (less host time). Triton is optional: this module raises ``ImportError`` without it and ``lion_attention`` falls back to
 PyTorch. Under ``TRITON_INTERPRET=1`` (set before this module is imported) the kernels run on CPU tensors through
 Triton's interpreter, which is how the tests exercise them without a GPU.
 """
 
-import math
 import re
 from typing import Optional
 
@@ -51,7 +50,6 @@ MAX_DROPOUT_LENGTH = 65535
 MAX_BATCH_HEADS = 65535
 
 _LOG2E = tl.constexpr(1.4426950408889634)
-_LN2 = tl.constexpr(0.6931471805599453)
 
 
 def is_interpreted() -> bool:
@@ -81,13 +79,16 @@ def _path_log2_mask(
         w_q = tl.load(W + base + qi, mask=qi < N, other=0.0)
         w_k = tl.load(W + base + kj, mask=kj < N, other=0.0)
         after = delta > 0
-        x = tl.where(after, u_q - u_k, w_k - w_q)
         if HAS_LO:
             lo_uq = tl.load(U_LO + base + qi, mask=qi < N, other=0.0)
             lo_uk = tl.load(U_LO + base + kj, mask=kj < N, other=0.0)
             lo_wq = tl.load(W_LO + base + qi, mask=qi < N, other=0.0)
             lo_wk = tl.load(W_LO + base + kj, mask=kj < N, other=0.0)
-            x += tl.where(after, lo_uq - lo_uk, lo_wk - lo_wq)
+            # Differences of the high parts first (small where it matters), then the low parts, then to log2.
+            x = tl.where(after, (u_q - u_k) + (lo_uq - lo_uk), (w_k - w_q) + (lo_wk - lo_wq)) * _LOG2E
+        else:
+            # In log2 units per token (a multiply per row and column, not per entry), as float32 allows anyway.
+            x = tl.where(after, u_q * _LOG2E - u_k * _LOG2E, w_k * _LOG2E - w_q * _LOG2E)
         # log M <= 0 always; the clamp also keeps tiles past the end (loaded as zeros) finite.
         x = tl.minimum(x, 0.0)
     return x, delta
@@ -187,19 +188,106 @@ def _forward_kernel(
 
 
 @triton.jit
-def _normaliser_backward_kernel(
-    DY, OUT, Z, INV, DELTA, BH_N, DV, eps, BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr
+def _backward_q_kernel(
+    Q, K, V, OUT, Z, DY, INV, DELTA, DQ, GRAD_U, GRAD_W, PAD, POS, DECAY, U, W, U_LO, W_LO, SEED,
+    H, N, D, DV, path_stride, batch_stride, eps, drop_threshold, drop_scale,
+    NUM_PATHS: tl.constexpr, DISTANCE: tl.constexpr, HAS_LO: tl.constexpr, HAS_PAD: tl.constexpr,
+    DROPOUT: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
-    """``Y = N / (Z + eps)``: ``dN = dY / (Z + eps)`` (kept as ``1 / (Z + eps)``) and ``dZ = -(dY . Y) / (Z + eps)``."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_DV)
-    ok = rows < BH_N
-    both = ok[:, None] & (cols[None, :] < DV)
-    dy = tl.load(DY + rows.to(tl.int64)[:, None] * DV + cols[None, :], mask=both, other=0.0).to(tl.float32)
-    y = tl.load(OUT + rows.to(tl.int64)[:, None] * DV + cols[None, :], mask=both, other=0.0).to(tl.float32)
-    inv = 1.0 / (tl.load(Z + rows, mask=ok, other=0.0) + eps)
-    tl.store(INV + rows, inv, mask=ok)
-    tl.store(DELTA + rows, -tl.sum(dy * y, 1) * inv, mask=ok)
+    """One block of queries against every key: ``dq``, the normaliser's share and the decay gradients' row sums.
+
+    ``Y = N / (Z + eps)``: ``dN = dY / (Z + eps)`` and ``dZ = -(dY . Y) / (Z + eps)``, so that
+    ``dP_ij = dN_i . v_j + dZ_i``; ``1 / (Z + eps)`` and ``dZ`` are left in ``INV`` and ``DELTA`` for the key
+    kernel. LION-S: ``GRAD_U``/``GRAD_W`` receive the row sums of ``G`` over the keys each query comes after /
+    before; LION-D: ``GRAD_U`` receives ``sum_j |pos_i - pos_j| G_ij``, its final gradient."""
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    rows_ok = offs_m < N
+    qk_base = bh.to(tl.int64) * N * D
+    v_base = bh.to(tl.int64) * N * DV
+    q = tl.load(
+        Q + qk_base + offs_m[:, None] * D + offs_d[None, :], mask=rows_ok[:, None] & (offs_d[None, :] < D), other=0.0
+    )
+    dy_offsets = v_base + offs_m[:, None] * DV + offs_dv[None, :]
+    dy_mask = rows_ok[:, None] & (offs_dv[None, :] < DV)
+    dy = tl.load(DY + dy_offsets, mask=dy_mask, other=0.0)
+    if NORMALIZE:
+        inv = 1.0 / (tl.load(Z + bh * N + offs_m, mask=rows_ok, other=0.0) + eps)
+        y = tl.load(OUT + dy_offsets, mask=dy_mask, other=0.0).to(tl.float32)
+        delta = -tl.sum(dy.to(tl.float32) * y, 1) * inv
+        tl.store(INV + bh * N + offs_m, inv, mask=rows_ok)
+        tl.store(DELTA + bh * N + offs_m, delta, mask=rows_ok)
+        dy = (dy.to(tl.float32) * inv[:, None]).to(q.dtype)
+    dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    after0 = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    before0 = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    after1 = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    before1 = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    seed = 0
+    if DROPOUT:
+        seed = tl.load(SEED)
+    for start_n in range(0, N, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        keys_ok = offs_n < N
+        if HAS_PAD:
+            keys_ok = keys_ok & (tl.load(PAD + b * N + offs_n, mask=offs_n < N, other=0) != 0)
+        k = tl.load(
+            K + qk_base + offs_n[:, None] * D + offs_d[None, :], mask=keys_ok[:, None] & (offs_d[None, :] < D), other=0.0
+        )
+        v = tl.load(
+            V + v_base + offs_n[:, None] * DV + offs_dv[None, :],
+            mask=keys_ok[:, None] & (offs_dv[None, :] < DV),
+            other=0.0,
+        )
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        dp = tl.dot(dy, tl.trans(v), input_precision=PRECISION)
+        if NORMALIZE:
+            dp += delta[:, None]
+        da = dp
+        if DROPOUT:
+            keep = _keep(seed, bh, offs_m[:, None], offs_n[None, :], N, drop_threshold)
+            da = tl.where(keep, dp * drop_scale, 0.0)
+        ds = da
+        if NUM_PATHS > 0:
+            mask, m0, m1, delta0, delta1 = _decay_mask(
+                b, h, offs_m[:, None], offs_n[None, :], N, POS, DECAY, U, W, U_LO, W_LO, path_stride, batch_stride,
+                NUM_PATHS, DISTANCE, HAS_LO,
+            )
+            ds = da * mask
+            g = da * s
+            g0 = g * m0
+            if DISTANCE:
+                after0 += tl.sum(g0 * tl.abs(delta0), 1)
+            else:
+                after0 += tl.sum(tl.where(delta0 > 0, g0, 0.0), 1)
+                before0 += tl.sum(tl.where(delta0 < 0, g0, 0.0), 1)
+            if NUM_PATHS == 2:
+                g1 = g * m1
+                if DISTANCE:
+                    after1 += tl.sum(g1 * tl.abs(delta1), 1)
+                else:
+                    after1 += tl.sum(tl.where(delta1 > 0, g1, 0.0), 1)
+                    before1 += tl.sum(tl.where(delta1 < 0, g1, 0.0), 1)
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PRECISION)
+    tl.store(
+        DQ + qk_base + offs_m[:, None] * D + offs_d[None, :],
+        dq.to(DQ.dtype.element_ty),
+        mask=rows_ok[:, None] & (offs_d[None, :] < D),
+    )
+    if NUM_PATHS > 0:
+        path_size = tl.num_programs(1) * N
+        tl.store(GRAD_U + bh * N + offs_m, after0, mask=rows_ok)
+        if not DISTANCE:
+            tl.store(GRAD_W + bh * N + offs_m, before0, mask=rows_ok)
+        if NUM_PATHS == 2:
+            tl.store(GRAD_U + path_size + bh * N + offs_m, after1, mask=rows_ok)
+            if not DISTANCE:
+                tl.store(GRAD_W + path_size + bh * N + offs_m, before1, mask=rows_ok)
 
 
 @triton.jit
@@ -210,7 +298,8 @@ def _backward_kv_kernel(
     DROPOUT: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
-    """One block of keys against every query: ``dk``, ``dv`` and (LION-S) the column sums of each path's ``G``.
+    """One block of keys against every query: ``dk``, ``dv`` and, LION-S, ``d/du`` and ``d/dw`` of its tokens
+    (the query kernel's row sums, in ``GRAD_U``/``GRAD_W``, combined with this kernel's column sums in place).
 
     Tiles are (keys, queries), the transpose of the forward's, so that ``dk`` and ``dv`` are plain products."""
     bh = tl.program_id(1)
@@ -296,133 +385,41 @@ def _backward_kv_kernel(
         mask=in_range[:, None] & (offs_dv[None, :] < DV),
     )
     if NUM_PATHS > 0 and not DISTANCE:
-        # Column parts of d/du and d/dw; the query kernel adds the row parts in place.
-        tl.store(GRAD_U + bh * N + offs_n, after0, mask=in_range)
-        tl.store(GRAD_W + bh * N + offs_n, before0, mask=in_range)
+        _finish_segment_gradient(GRAD_U, GRAD_W, bh * N + offs_n, in_range, after0, before0)
         if NUM_PATHS == 2:
             path_size = tl.num_programs(1) * N
-            tl.store(GRAD_U + path_size + bh * N + offs_n, after1, mask=in_range)
-            tl.store(GRAD_W + path_size + bh * N + offs_n, before1, mask=in_range)
+            _finish_segment_gradient(GRAD_U, GRAD_W, path_size + bh * N + offs_n, in_range, after1, before1)
 
 
 @triton.jit
-def _backward_q_kernel(
-    Q, K, V, DY, INV, DELTA, DQ, GRAD_U, GRAD_W, PAD, POS, DECAY, U, W, U_LO, W_LO, SEED,
-    H, N, D, DV, path_stride, batch_stride, drop_threshold, drop_scale,
-    NUM_PATHS: tl.constexpr, DISTANCE: tl.constexpr, HAS_LO: tl.constexpr, HAS_PAD: tl.constexpr,
-    DROPOUT: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-):
-    """One block of queries against every key: ``dq`` and the decay gradients' row sums.
-
-    LION-S: ``GRAD_U``/``GRAD_W`` hold the key kernel's column sums and leave holding ``d/du``, ``d/dw`` (log2
-    units). LION-D: ``GRAD_U`` receives ``sum_j |pos_i - pos_j| G_ij`` per query."""
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    rows_ok = offs_m < N
-    qk_base = bh.to(tl.int64) * N * D
-    v_base = bh.to(tl.int64) * N * DV
-    q = tl.load(
-        Q + qk_base + offs_m[:, None] * D + offs_d[None, :], mask=rows_ok[:, None] & (offs_d[None, :] < D), other=0.0
-    )
-    dy = tl.load(
-        DY + v_base + offs_m[:, None] * DV + offs_dv[None, :], mask=rows_ok[:, None] & (offs_dv[None, :] < DV), other=0.0
-    )
-    if NORMALIZE:
-        inv = tl.load(INV + bh * N + offs_m, mask=rows_ok, other=0.0)
-        dy = (dy.to(tl.float32) * inv[:, None]).to(q.dtype)
-        delta = tl.load(DELTA + bh * N + offs_m, mask=rows_ok, other=0.0)
-    dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    after0 = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    before0 = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    after1 = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    before1 = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    seed = 0
-    if DROPOUT:
-        seed = tl.load(SEED)
-    for start_n in range(0, N, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        keys_ok = offs_n < N
-        if HAS_PAD:
-            keys_ok = keys_ok & (tl.load(PAD + b * N + offs_n, mask=offs_n < N, other=0) != 0)
-        k = tl.load(
-            K + qk_base + offs_n[:, None] * D + offs_d[None, :], mask=keys_ok[:, None] & (offs_d[None, :] < D), other=0.0
-        )
-        v = tl.load(
-            V + v_base + offs_n[:, None] * DV + offs_dv[None, :],
-            mask=keys_ok[:, None] & (offs_dv[None, :] < DV),
-            other=0.0,
-        )
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-        dp = tl.dot(dy, tl.trans(v), input_precision=PRECISION)
-        if NORMALIZE:
-            dp += delta[:, None]
-        da = dp
-        if DROPOUT:
-            keep = _keep(seed, bh, offs_m[:, None], offs_n[None, :], N, drop_threshold)
-            da = tl.where(keep, dp * drop_scale, 0.0)
-        ds = da
-        if NUM_PATHS > 0:
-            mask, m0, m1, delta0, delta1 = _decay_mask(
-                b, h, offs_m[:, None], offs_n[None, :], N, POS, DECAY, U, W, U_LO, W_LO, path_stride, batch_stride,
-                NUM_PATHS, DISTANCE, HAS_LO,
-            )
-            ds = da * mask
-            g = da * s
-            g0 = g * m0
-            if DISTANCE:
-                after0 += tl.sum(g0 * tl.abs(delta0), 1)
-            else:
-                after0 += tl.sum(tl.where(delta0 > 0, g0, 0.0), 1)
-                before0 += tl.sum(tl.where(delta0 < 0, g0, 0.0), 1)
-            if NUM_PATHS == 2:
-                g1 = g * m1
-                if DISTANCE:
-                    after1 += tl.sum(g1 * tl.abs(delta1), 1)
-                else:
-                    after1 += tl.sum(tl.where(delta1 > 0, g1, 0.0), 1)
-                    before1 += tl.sum(tl.where(delta1 < 0, g1, 0.0), 1)
-        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PRECISION)
-    tl.store(
-        DQ + qk_base + offs_m[:, None] * D + offs_d[None, :],
-        dq.to(DQ.dtype.element_ty),
-        mask=rows_ok[:, None] & (offs_d[None, :] < D),
-    )
-    if NUM_PATHS > 0:
-        path_size = tl.num_programs(1) * N
-        _store_decay_gradient(GRAD_U, GRAD_W, bh * N + offs_m, rows_ok, after0, before0, DISTANCE)
-        if NUM_PATHS == 2:
-            _store_decay_gradient(GRAD_U, GRAD_W, path_size + bh * N + offs_m, rows_ok, after1, before1, DISTANCE)
-
-
-@triton.jit
-def _store_decay_gradient(GRAD_U, GRAD_W, index, ok, after, before, DISTANCE: tl.constexpr):
-    if DISTANCE:
-        tl.store(GRAD_U + index, after, mask=ok)
-    else:
-        # log M = ln 2 (u2_i - u2_j) (after) or ln 2 (w2_j - w2_i) (before): rows minus columns, columns minus rows.
-        column_after = tl.load(GRAD_U + index, mask=ok, other=0.0)
-        column_before = tl.load(GRAD_W + index, mask=ok, other=0.0)
-        tl.store(GRAD_U + index, (after - column_after) * _LN2, mask=ok)
-        tl.store(GRAD_W + index, (column_before - before) * _LN2, mask=ok)
+def _finish_segment_gradient(GRAD_U, GRAD_W, index, ok, column_after, column_before):
+    """``log M_ij = u_i - u_j`` (i after j) or ``w_j - w_i`` (i before j): ``d/du`` is the row sums minus the
+    column sums over "after", ``d/dw`` the column sums minus the row sums over "before"."""
+    row_after = tl.load(GRAD_U + index, mask=ok, other=0.0)
+    row_before = tl.load(GRAD_W + index, mask=ok, other=0.0)
+    tl.store(GRAD_U + index, row_after - column_after, mask=ok)
+    tl.store(GRAD_W + index, column_before - row_before, mask=ok)
 
 
 # ------------------------------------------------------------------------------------------------ launches
 
 
-def _blocks(kernel: str, length: int, dim: int, value_dim: int, dtype: torch.dtype) -> dict:
-    """Tile sizes and launch settings of ``kernel`` ("forward", "backward_kv", "backward_q"), measured on an H200
-    (benchmarks/NOTES.md)."""
+def _blocks(kernel: str, length: int, dtype: torch.dtype) -> dict:
+    """Tile sizes and launch settings of ``kernel`` ("forward", "backward_q", "backward_kv").
+
+    bf16/fp16: the fastest of a sweep on an H200 at ViT-B (197 tokens) and BERT-512 shapes, LION-S
+    (benchmarks/NOTES.md, benchmarks/results/kernels/time.log). float32 takes smaller tiles: its exact products
+    run on the CUDA cores and hold twice the registers.
+    """
     if is_interpreted():
         return dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1)
     if dtype == torch.float32:
         return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=2)
-    wide = max(dim, value_dim) > 64
-    return dict(BLOCK_M=64, BLOCK_N=64, num_warps=8 if wide else 4, num_stages=2)
+    if kernel == "forward":
+        return dict(BLOCK_M=64, BLOCK_N=128 if length >= 384 else 64, num_warps=4, num_stages=2)
+    if kernel == "backward_q":
+        return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)
+    return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
 
 
 def _flags(q, v, positions, distance, u_lo, padding, dropout_p, normalize) -> dict:
@@ -444,8 +441,7 @@ def _decay_strides(distance, u) -> tuple[int, int]:
     decay = distance if distance is not None else u
     if decay is None:
         return 0, 0
-    per_batch = decay[0, 0].numel()
-    return decay[0].numel(), per_batch if decay.shape[1] > 1 else 0
+    return decay[0].numel(), decay[0, 0].numel() if decay.shape[1] > 1 else 0
 
 
 def _dropout_arguments(dropout_p: float) -> tuple[int, float]:
@@ -455,16 +451,23 @@ def _dropout_arguments(dropout_p: float) -> tuple[int, float]:
     return round(dropout_p * 2**24), 1.0 / (1.0 - dropout_p)
 
 
+def _pointers(q, padding, positions, distance, u, w, u_lo, w_lo, seed) -> list[torch.Tensor]:
+    """Tensor arguments in kernel order; an absent one is replaced by ``q``, which its kernel never reads."""
+    padding = None if padding is None else padding.view(torch.uint8)
+    tensors = (padding, positions, distance, u, w, u_lo, w_lo, seed)
+    return [q if t is None else t for t in tensors]
+
+
 def _forward(q, k, v, padding, positions, distance, u, w, u_lo, w_lo, seed, dropout_p, normalize, eps):
+    """``(Y, Z)``: the output and, when ``normalize``, the row sums ``(B, H, N)`` float32 (else empty)."""
     batch, heads, length, dim = q.shape
     value_dim = v.shape[-1]
     out = torch.empty(batch, heads, length, value_dim, device=q.device, dtype=q.dtype)
     z = torch.empty(batch, heads, length if normalize else 0, device=q.device, dtype=torch.float32)
-    config = _blocks("forward", length, dim, value_dim, q.dtype)
+    config = _blocks("forward", length, q.dtype)
     path_stride, batch_stride = _decay_strides(distance, u)
     threshold, scale = _dropout_arguments(dropout_p)
-    grid = (triton.cdiv(length, config["BLOCK_M"]), batch * heads)
-    _forward_kernel[grid](
+    _forward_kernel[(triton.cdiv(length, config["BLOCK_M"]), batch * heads)](
         q, k, v, out, z if normalize else q, *_pointers(q, padding, positions, distance, u, w, u_lo, w_lo, seed),
         heads, length, dim, value_dim, path_stride, batch_stride, eps, threshold, scale,
         **_flags(q, v, positions, distance, u_lo, padding, dropout_p, normalize), **config,
@@ -473,38 +476,34 @@ def _forward(q, k, v, padding, positions, distance, u, w, u_lo, w_lo, seed, drop
 
 
 def _backward(grad_out, q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed, dropout_p, normalize, eps):
+    """``(dq, dk, dv, d distance, d u, d w)``; the gradients of absent decays are empty tensors."""
     batch, heads, length, dim = q.shape
     value_dim = v.shape[-1]
-    dy = grad_out.contiguous().to(q.dtype)
-    inv = delta = None
-    if normalize:
-        inv = torch.empty(batch, heads, length, device=q.device, dtype=torch.float32)
-        delta = torch.empty_like(inv)
-        rows = batch * heads * length
-        block_dv = max(16, triton.next_power_of_2(value_dim))
-        block_m = 16 if is_interpreted() else max(1, 4096 // block_dv)
-        _normaliser_backward_kernel[(triton.cdiv(rows, block_m),)](
-            dy, out, z, inv, delta, rows, value_dim, eps, BLOCK_M=block_m, BLOCK_DV=block_dv
-        )
+    dy = grad_out.contiguous()
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     paths = 0 if positions is None else positions.shape[0]
     grad_u = torch.empty(max(paths, 1), batch, heads, length, device=q.device, dtype=torch.float32)
     grad_w = torch.empty_like(grad_u) if u is not None else grad_u
+    if normalize:
+        inv, delta = (torch.empty(batch, heads, length, device=q.device, dtype=torch.float32) for _ in range(2))
+    else:
+        inv = delta = z = q
     path_stride, batch_stride = _decay_strides(distance, u)
     threshold, scale = _dropout_arguments(dropout_p)
     flags = _flags(q, v, positions, distance, u_lo, padding, dropout_p, normalize)
     pointers = _pointers(q, padding, positions, distance, u, w, u_lo, w_lo, seed)
-    shape = (heads, length, dim, value_dim, path_stride, batch_stride, threshold, scale)
-    normaliser = (inv, delta) if normalize else (q, q)
-    config = _blocks("backward_kv", length, dim, value_dim, q.dtype)
-    _backward_kv_kernel[(triton.cdiv(length, config["BLOCK_N"]), batch * heads)](
-        q, k, v, dy, *normaliser, dk, dv, grad_u, grad_w, *pointers, *shape, **flags, **config
-    )
-    # After the key kernel on the same stream: it reads the column sums that kernel left in grad_u, grad_w.
-    config = _blocks("backward_q", length, dim, value_dim, q.dtype)
+    config = _blocks("backward_q", length, q.dtype)
     _backward_q_kernel[(triton.cdiv(length, config["BLOCK_M"]), batch * heads)](
-        q, k, v, dy, *normaliser, dq, grad_u, grad_w, *pointers, *shape, **flags, **config
-    )
+        q, k, v, out, z, dy, inv, delta, dq, grad_u, grad_w, *pointers,
+        heads, length, dim, value_dim, path_stride, batch_stride, eps, threshold, scale, **flags, **config,
+    )  # fmt: skip
+    # After the query kernel on the same stream: it reads the normaliser terms and row sums that kernel left.
+    config = _blocks("backward_kv", length, q.dtype)
+    _backward_kv_kernel[(triton.cdiv(length, config["BLOCK_N"]), batch * heads)](
+        q, k, v, dy, inv, delta, dk, dv, grad_u, grad_w, *pointers,
+        heads, length, dim, value_dim, path_stride, batch_stride, threshold, scale, **flags, **config,
+    )  # fmt: skip
+
     def none():  # a fresh empty tensor each: an operator's outputs may not alias each other
         return q.new_empty(0)
 
@@ -520,14 +519,19 @@ def _sum_to(grad: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
     return grad.sum(1, keepdim=True) if decay.shape[1] == 1 and grad.shape[1] != 1 else grad
 
 
-def _pointers(q, padding, positions, distance, u, w, u_lo, w_lo, seed) -> list[torch.Tensor]:
-    """Tensor arguments in kernel order; an absent one is replaced by ``q``, which its kernel never reads."""
-    padding = None if padding is None else padding.view(torch.uint8)
-    tensors = (padding, positions, distance, u, w, u_lo, w_lo, seed)
-    return [q if t is None else t for t in tensors]
+def _input_gradients(saved, grad_out, options, backward):
+    """The gradient of every input of the forward (in its order) from ``backward``'s six tensors."""
+    q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed = saved
+    dq, dk, dv, grad_distance, grad_u, grad_w = backward(
+        grad_out, q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed, *options
+    )
+    grad_distance = grad_distance if distance is not None else None
+    grad_u, grad_w = (grad_u, grad_w) if u is not None else (None, None)
+    # The low parts of the running sums carry no gradient of their own (see _decay_terms).
+    return dq, dk, dv, None, None, grad_distance, grad_u, grad_w, None, None, None
 
 
-# ------------------------------------------------------------------------------------- torch.library operators
+# -------------------------------------------------------------- torch.library operators (torch.compile) and eager
 
 # One namespace entry per copy of this file: a checkpoint's remote code imports its own copy next to lion_hf's.
 _OP_PREFIX = "lion_hf::" + re.sub(r"\W", "_", __name__)
@@ -550,7 +554,6 @@ def _forward_op(
     normalize: bool,
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(Y, Z)``: the output and, when ``normalize``, the row sums ``(B, H, N)`` float32 (else empty)."""
     return _forward(q, k, v, padding, positions, distance, u, w, u_lo, w_lo, seed, dropout_p, normalize, eps)
 
 
@@ -581,7 +584,6 @@ def _backward_op(
     normalize: bool,
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dq, dk, dv, d distance, d u, d w)``; the decay gradients of absent decays are empty."""
     return _backward(
         grad_out, q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed, dropout_p, normalize, eps
     )
@@ -596,24 +598,34 @@ def _(grad_out, q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo,
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, padding, positions, distance, u, w, u_lo, w_lo, seed, dropout_p, normalize, eps = inputs
-    out, z = output
-    ctx.save_for_backward(q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed)
+    *tensors, dropout_p, normalize, eps = inputs
+    q, k, v, padding, positions, distance, u, w, u_lo, w_lo, seed = tensors
+    ctx.save_for_backward(q, k, v, *output, padding, positions, distance, u, w, u_lo, w_lo, seed)
     ctx.options = (dropout_p, normalize, eps)
 
 
-def _backward_of_forward(ctx, grad_out, grad_z):
-    q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed = ctx.saved_tensors
-    dq, dk, dv, grad_distance, grad_u, grad_w = _backward_op(
-        grad_out, q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed, *ctx.options
-    )
-    grad_distance = grad_distance if distance is not None else None
-    grad_u, grad_w = (grad_u, grad_w) if u is not None else (None, None)
-    # The low parts of the running sums carry no gradient of their own (see _segment_sums).
-    return dq, dk, dv, None, None, grad_distance, grad_u, grad_w, None, None, None, None, None, None
+def _backward_of_forward_op(ctx, grad_out, grad_z):
+    return (*_input_gradients(ctx.saved_tensors, grad_out, ctx.options, _backward_op), None, None, None)
 
 
-_forward_op.register_autograd(_backward_of_forward, setup_context=_setup_context)
+_forward_op.register_autograd(_backward_of_forward_op, setup_context=_setup_context)
+
+
+class _EagerAttention(torch.autograd.Function):
+    """The same forward and backward as the operators, for eager mode: an ``autograd.Function`` costs about half
+    the host time of a ``torch.library`` operator with autograd (measured on the CPU: 52 against 108 us per
+    forward + backward, kernels stubbed), which a training step pays once per layer."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, padding, positions, distance, u, w, u_lo, w_lo, seed, dropout_p, normalize, eps):
+        out, z = _forward(q, k, v, padding, positions, distance, u, w, u_lo, w_lo, seed, dropout_p, normalize, eps)
+        ctx.save_for_backward(q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed)
+        ctx.options = (dropout_p, normalize, eps)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return (*_input_gradients(ctx.saved_tensors, grad_out, ctx.options, _backward), None, None, None)
 
 
 # ---------------------------------------------------------------------------------------- the entry point
@@ -640,14 +652,16 @@ def unsupported(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_
 
 def parallel_attention(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_padding_mask, dropout_p):
     """The parallel form through the fused kernels (``AttentionImplementation.run`` of ``lion_attention``)."""
-    positions, distance, u, w, u_lo, w_lo = _decay_terms(q, log_decays, orders)
+    terms = _decay_terms(q, log_decays, orders)
     seed = None
     if dropout_p > 0.0:
         # Drawn from torch's generator: torch.manual_seed reproduces the dropout, and recomputation under
         # activation checkpointing (which restores the generator) draws the same mask.
         seed = torch.randint(0, 2**62, (1,), device=q.device, dtype=torch.int64)
-    out, _ = _forward_op(q, k, v, key_padding_mask, positions, distance, u, w, u_lo, w_lo, seed, dropout_p, normalize, eps)
-    return out
+    args = (q, k, v, key_padding_mask, *terms, seed, dropout_p, normalize, eps)
+    if torch.compiler.is_compiling():
+        return _forward_op(*args)[0]
+    return _EagerAttention.apply(*args)
 
 
 def _decay_terms(q, log_decays, orders):
@@ -655,24 +669,26 @@ def _decay_terms(q, log_decays, orders):
 
     ``positions``: ``(P, N)`` float32, the step at which each path visits each token. LION-D (every path constant
     along the tokens): ``distance`` ``(P, B or 1, H)``, the log-decays. Otherwise ``u``, ``w`` ``(P, B or 1, H, N)``:
-    the exclusive and inclusive running sums along each path, in token order, in log2 units; for float32 inputs
-    summed in float64 and split into a float32 high part and a low part (``u_lo``, ``w_lo``).
+    the exclusive and inclusive running sums along each path, in token order; for float32 inputs summed in float64
+    and split into a float32 high part and a low part (``u_lo``, ``w_lo``, outside autograd: the gradient
+    reaches the sums through the high part).
     """
     if log_decays is None:
         return None, None, None, None, None, None
     length = q.shape[2]
     steps = [None if order is None else torch.argsort(order) for order in orders]
-    natural = torch.arange(length, device=q.device)
-    positions = torch.stack([natural if s is None else s for s in steps]).to(torch.float32)
+    positions = _stack(
+        [torch.arange(length, device=q.device) if s is None else s for s in steps], torch.float32
+    ).contiguous()
     batch = max(ld.shape[0] for ld in log_decays)
     if all(ld.shape[-1] == 1 or ld.stride(-1) == 0 for ld in log_decays):
-        distance = torch.stack([ld[..., 0].expand(batch, -1) for ld in log_decays]).to(torch.float32)
+        distance = _stack([ld[..., 0].expand(batch, -1) for ld in log_decays], torch.float32).contiguous()
         return positions, distance, None, None, None, None
     exact = q.dtype == torch.float32
-    sums = [_segment_sums(ld, order, step, torch.float64 if exact else torch.float32) for ld, order, step in
-            zip(log_decays, orders, steps)]  # fmt: skip
-    u = torch.stack([s[0].expand(batch, -1, -1) for s in sums])
-    w = torch.stack([s[1].expand(batch, -1, -1) for s in sums])
+    sum_dtype = torch.float64 if exact else torch.float32
+    sums = [_segment_sums(ld, order, step, sum_dtype) for ld, order, step in zip(log_decays, orders, steps)]
+    u = _stack([s[0].expand(batch, -1, -1) for s in sums], sum_dtype).contiguous()
+    w = _stack([s[1].expand(batch, -1, -1) for s in sums], sum_dtype).contiguous()
     if not exact:
         return positions, None, u, w, None, None
     u_hi, w_hi = u.to(torch.float32), w.to(torch.float32)
@@ -681,12 +697,19 @@ def _decay_terms(q, log_decays, orders):
     return positions, None, u_hi, w_hi, u_lo, w_lo
 
 
+def _stack(tensors: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """The paths stacked along a new first dim (a view for a single path)."""
+    if len(tensors) == 1:
+        return tensors[0].to(dtype).unsqueeze(0)
+    return torch.stack(tensors).to(dtype)
+
+
 def _segment_sums(log_decay, order, step, dtype):
-    """Exclusive and inclusive running sums of the log-decays along the path, in token order, in log2 units."""
+    """Exclusive and inclusive running sums of the log-decays along the path, in token order."""
     log_a = log_decay.to(dtype)
     along = log_a if order is None else log_a[..., order]
     inclusive = along.cumsum(-1)
     exclusive = inclusive - along
-    if step is not None:
-        inclusive, exclusive = inclusive[..., step], exclusive[..., step]
-    return exclusive * math.log2(math.e), inclusive * math.log2(math.e)
+    if step is None:
+        return exclusive, inclusive
+    return exclusive[..., step], inclusive[..., step]
