@@ -275,3 +275,17 @@ def test_models_compile_with_the_kernels_in_the_graph():
         input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids
     )
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_info_names_the_implementation_of_each_form(capsys, monkeypatch):
+    from lion_hf.cli import main
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    lines = {" ".join(line.split()[:2]): line for line in out.splitlines() if line.startswith("  ")}
+    # Under the interpreter the kernels take CPU tensors too; CUDA inputs are judged from their metadata alone.
+    for where in ("cpu float32", "cuda bfloat16", "cuda float16", "cuda float32"):
+        assert "parallel: triton; chunk: pytorch; recurrent: pytorch" in lines[where], lines[where]
+    monkeypatch.setenv(BACKEND_ENVIRONMENT_VARIABLE, "pytorch")
+    assert main(["info"]) == 0
+    assert f"parallel: pytorch (triton: not chosen, ${BACKEND_ENVIRONMENT_VARIABLE}=pytorch)" in capsys.readouterr().out
