@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import platform
 import sys
 
@@ -26,41 +25,48 @@ def _info(args: argparse.Namespace) -> int:
         print("cuda          not available (CPU only)")
     triton = "installed" if importlib.util.find_spec("triton") is not None else "not installed"
     print(f"triton        {triton}")
-    print(f"attention     forms: {', '.join(lion_hf.ATTENTION_FORMS)}; implementations run on:")
-    cases = [("cpu", torch.float32)] + [("cuda", dtype) for dtype in (torch.bfloat16, torch.float16, torch.float32)]
-    for device, dtype in cases:
-        runs = (_implementation(form, device, dtype) for form in lion_hf.ATTENTION_FORMS)
-        where = f"{device} {str(dtype).removeprefix('torch.')}"
-        print(f"  {where:14s}{'; '.join(f'{form}: {what}' for form, what in zip(lion_hf.ATTENTION_FORMS, runs))}")
+    print("attention     what computes each form here, in the order attention_backend='auto' tries them:")
+    for device, dtype in _probe_settings(torch):
+        fake = " (no GPU here: from fake CUDA tensors)" if device == "cuda" and not torch.cuda.is_available() else ""
+        print(f"  on {device} {str(dtype).removeprefix('torch.')}{fake}:")
+        chosen = set()
+        for form, backend, reason in _implementations_for(device, dtype):
+            if reason is not None:
+                status = f"cannot run: {reason}"
+            elif form in chosen:
+                status = "can run (with attention_backend=" + repr(backend) + ")"
+            else:
+                chosen.add(form)
+                status = "runs"
+            print(f"    {form:<10} {backend:<8} {status}")
     return 0
 
 
-def _implementation(form: str, device: str, dtype) -> str:
-    """The backend that runs ``form`` for (batch 1, 1 head, 8 tokens, head dim 64) inputs on ``device``, and why
-    the implementations before it in the dispatch table cannot."""
+def _probe_settings(torch) -> list[tuple[str, object]]:
+    # CUDA too where there is no GPU (judged from fake tensors), for what a GPU machine with this install would run.
+    return [("cpu", torch.float32)] + [("cuda", dtype) for dtype in (torch.bfloat16, torch.float16, torch.float32)]
+
+
+def _implementations_for(device: str, dtype) -> list[tuple[str, str, str | None]]:
+    """Every entry of the operator's dispatch table with why it would not run head-dim-64 inputs (or None)."""
     import torch
 
-    from lion_hf.modeling.lion_attention import BACKEND_ENVIRONMENT_VARIABLE, IMPLEMENTATIONS, select_implementation
+    from lion_hf.modeling.lion_attention import IMPLEMENTATIONS
 
     if device == "cuda" and not torch.cuda.is_available():
-        # Fake tensors stand for CUDA ones on a machine without a GPU: the dispatch only reads their metadata.
+        # The dispatch reads only the inputs' device, dtype and shape, which fake tensors have without a GPU.
         from torch._subclasses.fake_tensor import FakeTensorMode
 
         with FakeTensorMode():
-            q = torch.empty(1, 1, 8, 64, device=device, dtype=dtype)
+            q = torch.empty(1, 1, 16, 64, device=device, dtype=dtype)
     else:
-        q = torch.empty(1, 1, 8, 64, device=device, dtype=dtype)
-    options = dict(chunk_size=64, normalize=True, eps=1e-6, key_padding_mask=None, dropout_p=0.0)
-    chosen = select_implementation(form, "auto", q, q, q, None, None, **options)
-    skipped = []
+        q = torch.zeros(1, 1, 16, 64, device=device, dtype=dtype)
+    options = dict(chunk_size=64, normalize=False, eps=1e-6, key_padding_mask=None, dropout_p=0.0)
+    rows = []
     for implementation in IMPLEMENTATIONS:
-        if implementation is chosen:
-            break
-        if implementation.form == form:
-            reason = implementation.unsupported(q, q, q, None, None, **options)
-            forced = f"${BACKEND_ENVIRONMENT_VARIABLE}={os.environ.get(BACKEND_ENVIRONMENT_VARIABLE)}"
-            skipped.append(f"{implementation.backend}: {reason or 'not chosen, ' + forced}")
-    return chosen.backend + (f" ({'; '.join(skipped)})" if skipped else "")
+        reason = implementation.unsupported(q, q, q, None, None, **options)
+        rows.append((implementation.form, implementation.backend, reason))
+    return rows
 
 
 def _convert(args: argparse.Namespace) -> int:
