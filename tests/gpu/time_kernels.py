@@ -27,7 +27,7 @@ def ceilings() -> None:
     x = torch.rand(2**29, device="cuda")  # 2 GiB
     y = torch.empty_like(x)
     ms = bench(lambda: y.copy_(x))
-    print(f"copy: {2 * x.numel() * 4 / ms / 1e9:.0f} GB/s")
+    print(f"copy: {2 * x.numel() * 4 / ms / 1e9:.2f} TB/s")
     a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     ms = bench(lambda: a @ b)
     print(f"bf16 matmul 8192^3: {2 * 8192**3 / ms / 1e9:.0f} TFLOP/s")
