@@ -43,8 +43,8 @@ except ImportError as error:  # lion_attention catches this and runs the PyTorch
 
 HEAD_DIMS = (16, 128)  # smallest and largest head dim (queries and values); any size in between
 MAX_PATHS = 2
-# Dropout numbers its random draws by (query * length + key) in 32 bits.
-MAX_DROPOUT_LENGTH = 65535
+# Dropout numbers its random draws by query * length + key, in 32-bit integers that must not overflow.
+MAX_DROPOUT_LENGTH = 46340
 # The second grid axis holds batch x heads.
 MAX_BATCH_HEADS = 65535
 
@@ -590,6 +590,8 @@ def unsupported(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_
         return f"{device} tensors (the kernels run on CUDA, or on the CPU through TRITON_INTERPRET=1)"
     if q.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         return f"dtype {q.dtype} (the kernels take bfloat16, float16 and float32)"
+    if q.numel() == 0 or v.numel() == 0:
+        return f"empty inputs (q {tuple(q.shape)}, v {tuple(v.shape)})"
     low, high = HEAD_DIMS
     if not (low <= q.shape[-1] <= high and low <= v.shape[-1] <= high):
         return f"head dims {q.shape[-1]} (queries) and {v.shape[-1]} (values); the kernels take {low} to {high}"

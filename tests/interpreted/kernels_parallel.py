@@ -16,6 +16,7 @@ low-precision kernels are tested here in float16 and in bfloat16 by tests/gpu/ch
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 if os.environ.get("TRITON_INTERPRET") != "1":
@@ -235,6 +236,9 @@ def test_dispatch_reasons_and_forced_backends(monkeypatch):
     wide = (q, k, torch.zeros(1, 2, 9, 256), *args[3:])
     with pytest.raises(ValueError, match="head dims 16 .queries. and 256 .values."):
         select_implementation("parallel", "triton", *wide, **options)
+    empty = (q[:, :, :0], k[:, :, :0], v[:, :, :0], None, None)
+    with pytest.raises(ValueError, match=re.escape("triton: empty inputs (q (2, 2, 0, 16), v (2, 2, 0, 16))")):
+        select_implementation("parallel", "triton", *empty, **options)
     with pytest.raises(ValueError, match="No 'triton' implementation of the 'chunk' form"):
         select_implementation("chunk", "triton", *args, **options)
     monkeypatch.delenv("TRITON_INTERPRET")
