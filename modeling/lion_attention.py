@@ -59,7 +59,7 @@ import torch.nn.functional as F
 
 ATTENTION_FORMS = ("parallel", "chunk", "recurrent")
 # "auto" takes the first implementation of the form in IMPLEMENTATIONS that can run the inputs.
-ATTENTION_BACKENDS = ("auto", "pytorch")
+ATTENTION_BACKENDS = ("auto", "pytorch", "triton")
 # Overrides an "auto" backend for every call, e.g. LION_HF_ATTENTION_BACKEND=pytorch to rule out kernels.
 BACKEND_ENVIRONMENT_VARIABLE = "LION_HF_ATTENTION_BACKEND"
 
@@ -633,9 +633,22 @@ def _scan(leaving: torch.Tensor, decay: torch.Tensor, reverse: bool) -> torch.Te
     return torch.stack(entering, dim=2)
 
 
+def _triton_chunk(name: str) -> Callable:
+    """An entry of lion_triton_chunk.py, imported at first use: it needs Triton, which a checkpoint must not."""
+
+    def call(*args, **options):
+        from .lion_triton_chunk import ENTRIES
+
+        return ENTRIES[name](*args, **options)
+
+    return call
+
+
 # Tried in this order by the "auto" backend; fused kernels go before the PyTorch forms they replace.
 IMPLEMENTATIONS: tuple[AttentionImplementation, ...] = (
     AttentionImplementation("pytorch", "parallel", _pytorch_form(_parallel_form), _runs_anywhere),
+    AttentionImplementation("triton", "chunk", _triton_chunk("chunk"), _triton_chunk("unsupported")),
     AttentionImplementation("pytorch", "chunk", _pytorch_form(_chunk_form), _runs_anywhere),
+    AttentionImplementation("triton", "recurrent", _triton_chunk("recurrent"), _triton_chunk("unsupported")),
     AttentionImplementation("pytorch", "recurrent", _pytorch_form(_recurrent_form), _runs_anywhere),
 )
