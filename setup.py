@@ -28,7 +28,8 @@ setup(
     ],
     extras_require={
         "bench": BENCHMARK_PLOTS,
-        "dev": ["pytest>=8.0", *BENCHMARK_PLOTS],
+        # Triton runs the fused kernels' tests on the CPU through its interpreter (wheels: Linux only).
+        "dev": ["pytest>=8.0", "triton>=3.6; platform_system == 'Linux'", *BENCHMARK_PLOTS],
     },
     entry_points={"console_scripts": ["lion-hf=lion_hf.cli:main"]},
 )

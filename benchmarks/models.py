@@ -77,3 +77,18 @@ def lion_mlm(shape: TextShape, variant: str, device: torch.device, **overrides):
 
 def bert_sdpa(shape: TextShape, device: torch.device):
     return _build(BertForMaskedLM, BertConfig(**_text_kwargs(shape)), device)
+
+
+def timm_vit(shape: VisionShape, image_size: int, device: torch.device):
+    """timm's ViT (fused qkv, SDPA) of this shape at ``image_size``, or ``None`` where timm is not installed."""
+    try:
+        from timm.models.vision_transformer import VisionTransformer
+    except ImportError:
+        return None
+    with torch.device(device):
+        model = VisionTransformer(
+            img_size=image_size, patch_size=shape.patch_size, embed_dim=shape.hidden_size,
+            depth=shape.num_hidden_layers, num_heads=shape.num_attention_heads,
+            mlp_ratio=shape.intermediate_size / shape.hidden_size, num_classes=shape.num_labels,
+        )  # fmt: skip
+    return model.eval()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -9,6 +10,31 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+def _kernels_for_the_interpreter() -> None:
+    """Define Triton's jitted functions (its own, like ``tl.sum``, and the fused kernels) for its CPU interpreter.
+
+    Triton decides at definition whether a function is interpreted, and ``torch._dynamo`` imports Triton early,
+    so this runs before any test module is imported. TRITON_INTERPRET is unset again afterwards: only
+    tests/test_kernels_chunk.py sets it while its tests run, every other test keeps the PyTorch forms on the CPU.
+    """
+    if importlib.util.find_spec("triton") is None:
+        return
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import triton.language  # noqa: F401
+
+        from lion_hf.modeling import lion_triton_chunk  # noqa: F401
+    finally:
+        if previous is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+
+
+_kernels_for_the_interpreter()
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LION_HF_SHARED", REPO.parent / "shared"))

@@ -136,7 +136,9 @@ def test_lion_hf_info_says_what_computes_each_form(monkeypatch, capsys):
     ))  # fmt: skip
     assert main(["info"]) == 0
     lines = [line.split(None, 2) for line in capsys.readouterr().out.splitlines() if line.startswith("    ")]
-    assert lines == [
+    # The fused kernels need CUDA (or Triton's interpreter): on this CPU they say why they cannot run.
+    assert all(row[2].startswith("cannot run: ") for row in lines if row[1] == "triton")
+    assert [row for row in lines if row[1] != "triton"] == [
         ["chunk", "unavailable", "cannot run: needs a GPU"],
         ["chunk", "fused", "runs"],
         ["parallel", "pytorch", "runs"],
