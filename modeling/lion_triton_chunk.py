@@ -82,7 +82,8 @@ def _rows(ORDER, KPM, batch, length, steps, HAS_ORDER: tl.constexpr, HAS_KPM: tl
 
 @_jit
 def _load_rows(base, tokens, row_mask, cols, n_cols, stride):
-    return tl.load(base + tokens[:, None] * stride + cols[None, :], mask=row_mask[:, None] & (cols[None, :] < n_cols), other=0.0)
+    mask = row_mask[:, None] & (cols[None, :] < n_cols)
+    return tl.load(base + tokens[:, None] * stride + cols[None, :], mask=mask, other=0.0)
 
 
 @_jit
@@ -100,6 +101,72 @@ def _intra_mask(i, j, e_i, b_i, e_j, b_j):
     forward = tl.exp(tl.minimum(e_i[:, None] - e_j[None, :], 0.0))
     backward = tl.exp(tl.minimum(b_j[None, :] - b_i[:, None], 0.0))
     return tl.where(later, forward, tl.where(earlier, backward, 1.0))
+
+
+@_jit
+def _load_state(STATES, VEC, slot, x_dim, y_dim, offs_d, offs_v, BD: tl.constexpr, HAS_VEC: tl.constexpr):
+    """State ``slot`` of a float32 ``(slots, x_dim, y_dim)`` array, and its vector state (zeros without one)."""
+    mask = (offs_d[:, None] < x_dim) & (offs_v[None, :] < y_dim)
+    state = tl.load(STATES + slot * x_dim * y_dim + offs_d[:, None] * y_dim + offs_v[None, :], mask=mask, other=0.0)
+    vec = tl.zeros((BD,), dtype=tl.float32)
+    if HAS_VEC:
+        vec = tl.load(VEC + slot * x_dim + offs_d, mask=offs_d < x_dim, other=0.0)
+    return state, vec
+
+
+@_jit
+def _meet(q, weight, state, vec, HAS_VEC: tl.constexpr, PRECISION: tl.constexpr):
+    """``(w q) H`` and ``(w q) . z``: what a state and its vector state bring the rows ``q`` meeting them."""
+    qw = (q.to(tl.float32) * weight[:, None]).to(q.dtype)
+    out = tl.dot(qw, state.to(q.dtype), input_precision=PRECISION)
+    den = tl.zeros_like(weight)
+    if HAS_VEC:
+        den = tl.sum(qw.to(tl.float32) * vec[None, :], 1)
+    return out, den
+
+
+@_jit
+def _enter(x, y, weight, column, PRECISION: tl.constexpr):
+    """What rows ``x`` with values ``y`` (and one more value column ``column``) add to a state and its vector
+    state: ``sum_j w_j x_j y_j^T`` and ``sum_j w_j x_j column_j``."""
+    xw = (x.to(tl.float32) * weight[:, None]).to(x.dtype)
+    return tl.dot(tl.trans(xw), y, input_precision=PRECISION), tl.sum(xw.to(tl.float32) * column[:, None], 0)
+
+
+@_jit
+def _entering_rows(x_base, y_base, EXTRA, RS, tokens, valid, real, offs_d, offs_v, x_dim, y_dim, BT: tl.constexpr,
+                   HAS_RS: tl.constexpr, EXTRA_MODE: tl.constexpr):  # fmt: skip
+    """Rows ``x`` and values ``y`` (scaled by ``RS``) about to enter a state, and its extra value column: ones
+    (``EXTRA_MODE`` 1, the normaliser of the forward pass) or ``EXTRA`` (2, the normaliser's gradient)."""
+    x = _load_rows(x_base, tokens, real, offs_d, x_dim, x_dim)
+    y = _load_rows(y_base, tokens, real, offs_v, y_dim, y_dim)
+    if HAS_RS:
+        rs = tl.load(RS + tokens, mask=valid, other=0.0)
+        y = (y.to(tl.float32) * rs[:, None]).to(y.dtype)
+    column = tl.full((BT,), 1.0, tl.float32)
+    if EXTRA_MODE == 2:
+        column = tl.load(EXTRA + tokens, mask=valid, other=0.0)
+    return x, y, column
+
+
+@_jit
+def _intra(q, steps_i, e_i, b_i, c, k_base, v_base, CB, LA, ORDER, KPM, batch, length, decay_base, dim, value_dim,
+           offs_d, offs_v, C: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, HAS_ORDER: tl.constexpr,
+           HAS_KPM: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """Rows ``q`` against the tokens of their own chunk ``c``: ``(q k^T * M) v`` and the row sums of the tiles."""
+    acc = tl.zeros((BT, BV), dtype=tl.float32)
+    den = tl.zeros((BT,), dtype=tl.float32)
+    for sub in range(C // BT):
+        steps_j = c * C + sub * BT + tl.arange(0, BT)
+        tokens_j, valid_j, real_j = _rows(ORDER, KPM, batch, length, steps_j, HAS_ORDER, HAS_KPM)
+        k = _load_rows(k_base, tokens_j, real_j, offs_d, dim, dim)
+        v = _load_rows(v_base, tokens_j, real_j, offs_v, value_dim, value_dim)
+        b_j, e_j = _sums(CB, LA, decay_base, steps_j, valid_j)
+        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        scores = scores * _intra_mask(steps_i, steps_j, e_i, b_i, e_j, b_j)
+        den += tl.sum(scores, 1)
+        acc += tl.dot(scores.to(v.dtype), v, input_precision=PRECISION)
+    return acc, den
 
 
 @_jit
@@ -142,23 +209,16 @@ def _states(
         for sub in range(C // BT):
             steps = c * C + sub * BT + tl.arange(0, BT)
             tokens, valid, real = _rows(ORDER, KPM, batch, length, steps, HAS_ORDER, HAS_KPM)
-            x = _load_rows(x_base, tokens, real, offs_d, x_dim, x_dim)
-            y = _load_rows(y_base, tokens, real, offs_v, y_dim, y_dim)
+            x, y, column = _entering_rows(x_base, y_base, EXTRA + bh * length, RS + bh * length, tokens, valid, real,
+                                          offs_d, offs_v, x_dim, y_dim, BT, HAS_RS, EXTRA_MODE)  # fmt: skip
             b, e = _sums(CB, LA, decay_base, steps, valid)
             if KEY_SIDE:
                 w = tl.where(direction == 0, tl.exp(total - e), tl.exp(b))
             else:
                 w = tl.where(direction == 0, tl.exp(total - b), tl.exp(e))
-            if HAS_RS:
-                rs = tl.load(RS + bh * length + tokens, mask=valid, other=0.0)
-                y = (y.to(tl.float32) * rs[:, None]).to(y.dtype)
-            xw = (x.to(tl.float32) * w[:, None]).to(x.dtype)
-            update += tl.dot(tl.trans(xw), y, input_precision=PRECISION)
-            if EXTRA_MODE == 1:
-                vec_update += tl.sum(xw.to(tl.float32), 0)
-            if EXTRA_MODE == 2:
-                extra = tl.load(EXTRA + bh * length + tokens, mask=valid, other=0.0)
-                vec_update += tl.sum(xw.to(tl.float32) * extra[:, None], 0)
+            part, vec_part = _enter(x, y, w, column, PRECISION)
+            update += part
+            vec_update += vec_part
         decay = tl.exp(total)
         state = state * decay + update
         vec = vec * decay + vec_update
@@ -166,7 +226,7 @@ def _states(
 
 @_jit
 def _total(
-    X, Y, EXTRA, RS, ORDER, KPM, TOTAL, VEC,
+    X, Y, EXTRA, RS, KPM, TOTAL, VEC,
     heads, length, x_dim, y_dim, per_split,
     BT: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
     HAS_KPM: tl.constexpr, HAS_RS: tl.constexpr, EXTRA_MODE: tl.constexpr, PRECISION: tl.constexpr,
@@ -183,40 +243,21 @@ def _total(
     offs_v = block_v * BV + tl.arange(0, BV)
     part = tl.zeros((BD, BV), dtype=tl.float32)
     vec = tl.zeros((BD,), dtype=tl.float32)
+    ones = tl.full((BT,), 1.0, tl.float32)
     for block in range(per_split):
         steps = (split * per_split + block) * BT + tl.arange(0, BT)
-        tokens, valid, real = _rows(ORDER, KPM, batch, length, steps, False, HAS_KPM)
-        x = _load_rows(x_base, tokens, real, offs_d, x_dim, x_dim)
-        y = _load_rows(y_base, tokens, real, offs_v, y_dim, y_dim)
-        if HAS_RS:
-            rs = tl.load(RS + bh * length + tokens, mask=valid, other=0.0)
-            y = (y.to(tl.float32) * rs[:, None]).to(y.dtype)
-        part += tl.dot(tl.trans(x), y, input_precision=PRECISION)
-        if EXTRA_MODE == 1:
-            vec += tl.sum(x.to(tl.float32), 0)
-        if EXTRA_MODE == 2:
-            extra = tl.load(EXTRA + bh * length + tokens, mask=valid, other=0.0)
-            vec += tl.sum(x.to(tl.float32) * extra[:, None], 0)
+        tokens, valid, real = _rows(KPM, KPM, batch, length, steps, False, HAS_KPM)
+        x, y, column = _entering_rows(x_base, y_base, EXTRA + bh * length, RS + bh * length, tokens, valid, real,
+                                      offs_d, offs_v, x_dim, y_dim, BT, HAS_RS, EXTRA_MODE)  # fmt: skip
+        matrix, vector = _enter(x, y, ones, column, PRECISION)
+        part += matrix
+        vec += vector
     slot = bh * splits + split
     mask = (offs_d[:, None] < x_dim) & (offs_v[None, :] < y_dim)
     tl.store(TOTAL + slot * x_dim * y_dim + offs_d[:, None] * y_dim + offs_v[None, :], part, mask=mask)
     if EXTRA_MODE != 0:
         if block_v == 0:
             tl.store(VEC + slot * x_dim + offs_d, vec, mask=offs_d < x_dim)
-
-
-@_jit
-def _carried(q, weight, STATES, VEC, slot, dim, value_dim, offs_d, offs_v, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr):
-    """``(w q) H`` for the state ``H`` in ``slot``, and ``(w q) . z`` for its vector state."""
-    mask = (offs_d[:, None] < dim) & (offs_v[None, :] < value_dim)
-    state = tl.load(STATES + slot * dim * value_dim + offs_d[:, None] * value_dim + offs_v[None, :], mask=mask, other=0.0)
-    qw = (q.to(tl.float32) * weight[:, None]).to(q.dtype)
-    out = tl.dot(qw, state.to(q.dtype), input_precision=PRECISION)
-    den = tl.zeros_like(weight)
-    if NORMALIZE:
-        vec = tl.load(VEC + slot * dim + offs_d, mask=offs_d < dim, other=0.0)
-        den = tl.sum(qw.to(tl.float32) * vec[None, :], 1)
-    return out, den
 
 
 @_jit
@@ -242,33 +283,27 @@ def _output(
     steps_i = block * BT + tl.arange(0, BT)
     tokens_i, valid_i, _ = _rows(ORDER, KPM, batch, length, steps_i, HAS_ORDER, False)
     q = _load_rows(Q + bh * length * dim, tokens_i, valid_i, offs_d, dim, dim)
-    acc = tl.zeros((BT, BV), dtype=tl.float32)
-    den = tl.zeros((BT,), dtype=tl.float32)
     if HAS_DECAY:
         decay_base = (batch * decay_batch * heads + bh % heads) * padded
         b_i, e_i = _sums(CB, LA, decay_base, steps_i, valid_i)
-        for sub in range(C // BT):
-            steps_j = c * C + sub * BT + tl.arange(0, BT)
-            tokens_j, valid_j, real_j = _rows(ORDER, KPM, batch, length, steps_j, HAS_ORDER, HAS_KPM)
-            k = _load_rows(K + bh * length * dim, tokens_j, real_j, offs_d, dim, dim)
-            v = _load_rows(V + bh * length * value_dim, tokens_j, real_j, offs_v, value_dim, value_dim)
-            b_j, e_j = _sums(CB, LA, decay_base, steps_j, valid_j)
-            scores = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-            scores = scores * _intra_mask(steps_i, steps_j, e_i, b_i, e_j, b_j)
-            if NORMALIZE:
-                den += tl.sum(scores, 1)
-            acc += tl.dot(scores.to(v.dtype), v, input_precision=PRECISION)
+        acc, den = _intra(q, steps_i, e_i, b_i, c, K + bh * length * dim, V + bh * length * value_dim, CB, LA,
+                          ORDER, KPM, batch, length, decay_base, dim, value_dim, offs_d, offs_v,
+                          C, BT, BV, HAS_ORDER, HAS_KPM, PRECISION)  # fmt: skip
         total = tl.load(CB + decay_base + c * C + C - 1)
-        part, part_den = _carried(q, tl.exp(e_i), STATES, VEC, (bh * 2) * chunks + c, dim, value_dim, offs_d, offs_v, NORMALIZE, PRECISION)
-        acc += part
-        den += part_den
-        part, part_den = _carried(q, tl.exp(total - b_i), STATES, VEC, (bh * 2 + 1) * chunks + c, dim, value_dim, offs_d, offs_v, NORMALIZE, PRECISION)
-        acc += part
-        den += part_den
+        # The forward state (slot 0) meets a query decayed from its chunk's start, the backward one from its end.
+        for slot_dir in tl.static_range(2):
+            if slot_dir == 0:
+                weight = tl.exp(e_i)
+            else:
+                weight = tl.exp(total - b_i)
+            state, vec = _load_state(STATES, VEC, (bh * 2 + slot_dir) * chunks + c, dim, value_dim, offs_d, offs_v,
+                                     BD, NORMALIZE)  # fmt: skip
+            part, part_den = _meet(q, weight, state, vec, NORMALIZE, PRECISION)
+            acc += part
+            den += part_den
     else:
-        part, part_den = _carried(q, tl.full((BT,), 1.0, tl.float32), STATES, VEC, bh, dim, value_dim, offs_d, offs_v, NORMALIZE, PRECISION)
-        acc += part
-        den += part_den
+        state, vec = _load_state(STATES, VEC, bh, dim, value_dim, offs_d, offs_v, BD, NORMALIZE)
+        acc, den = _meet(q, tl.full((BT,), 1.0, tl.float32), state, vec, NORMALIZE, PRECISION)
     rows = bh * length + tokens_i
     out_mask = valid_i[:, None] & (offs_v[None, :] < value_dim)
     acc_ptrs = ACC + rows[:, None] * value_dim + offs_v[None, :]
@@ -290,18 +325,31 @@ def _output(
 
 
 @_jit
-def _state_gradient(rows_x, rows_y, g0, weight, STATES, VEC, slot, x_dim, y_dim, offs_d, offs_v,
-                    NORMALIZE: tl.constexpr, PRECISION: tl.constexpr):
-    """``w (y H^T + g0 z)``: what a state ``H`` (with vector state ``z``) sends back to the rows ``x`` that met it."""
-    mask = (offs_d[:, None] < x_dim) & (offs_v[None, :] < y_dim)
-    state = tl.load(STATES + slot * x_dim * y_dim + offs_d[:, None] * y_dim + offs_v[None, :], mask=mask, other=0.0)
+def _state_gradient(rows_x, rows_y, g0, weight, state, vec, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr):
+    """``w (y H^T + g0 z)``: what a state ``H`` (vector state ``z``) sends back to the rows ``x`` that met it,
+    and ``x . grad``: the sum over the row of ``dA * A`` for the entries the state stands for."""
     grad = tl.dot(rows_y, tl.trans(state.to(rows_y.dtype)), input_precision=PRECISION)
     if NORMALIZE:
-        vec = tl.load(VEC + slot * x_dim + offs_d, mask=offs_d < x_dim, other=0.0)
         grad += g0[:, None] * vec[None, :]
     grad = grad * weight[:, None]
-    # The sum over the row of (dA * A) for the entries this state stands for: x . grad.
     return grad, tl.sum(rows_x.to(tl.float32) * grad, 1)
+
+
+@_jit
+def _gradient_rows(steps, q_base, k_base, v_base, g_base, RS, DD, ORDER, KPM, batch, length, dim, value_dim, offs_d,
+                   offs_v, BT: tl.constexpr, HAS_ORDER: tl.constexpr, HAS_KPM: tl.constexpr,
+                   NORMALIZE: tl.constexpr):  # fmt: skip
+    """A block of rows as the gradient kernel reads them: q, k, v (padded keys zero), ``g = RS * G`` and ``g0``."""
+    tokens, valid, real = _rows(ORDER, KPM, batch, length, steps, HAS_ORDER, HAS_KPM)
+    q = _load_rows(q_base, tokens, valid, offs_d, dim, dim)
+    k = _load_rows(k_base, tokens, real, offs_d, dim, dim)
+    v = _load_rows(v_base, tokens, real, offs_v, value_dim, value_dim)
+    rs = tl.load(RS + tokens, mask=valid, other=0.0)
+    g = (_load_rows(g_base, tokens, valid, offs_v, value_dim, value_dim).to(tl.float32) * rs[:, None]).to(v.dtype)
+    g0 = tl.zeros((BT,), dtype=tl.float32)
+    if NORMALIZE:
+        g0 = tl.load(DD + tokens, mask=valid, other=0.0)
+    return tokens, valid, real, q, k, v, g, g0
 
 
 @_jit
@@ -331,16 +379,12 @@ def _gradients(
     k_base = K + bh * length * dim
     v_base = V + bh * length * value_dim
     g_base = G + bh * length * value_dim
+    ones = tl.full((BT,), 1.0, tl.float32)
     steps_t = block * BT + tl.arange(0, BT)
-    tokens_t, valid_t, real_t = _rows(ORDER, KPM, batch, length, steps_t, HAS_ORDER, HAS_KPM)
-    q_t = _load_rows(q_base, tokens_t, valid_t, offs_d, dim, dim)
-    k_t = _load_rows(k_base, tokens_t, real_t, offs_d, dim, dim)
-    v_t = _load_rows(v_base, tokens_t, real_t, offs_v, value_dim, value_dim)
-    rs_t = tl.load(RS + bh * length + tokens_t, mask=valid_t, other=0.0)
-    g_t = (_load_rows(g_base, tokens_t, valid_t, offs_v, value_dim, value_dim).to(tl.float32) * rs_t[:, None]).to(v_t.dtype)
-    g0_t = tl.zeros((BT,), dtype=tl.float32)
-    if NORMALIZE:
-        g0_t = tl.load(DD + bh * length + tokens_t, mask=valid_t, other=0.0)
+    tokens_t, valid_t, real_t, q_t, k_t, v_t, g_t, g0_t = _gradient_rows(
+        steps_t, q_base, k_base, v_base, g_base, RS + bh * length, DD + bh * length, ORDER, KPM, batch, length,
+        dim, value_dim, offs_d, offs_v, BT, HAS_ORDER, HAS_KPM, NORMALIZE,
+    )
     if HAS_DECAY:
         decay_base = (batch * decay_batch * heads + bh % heads) * padded
         b_t, e_t = _sums(CB, LA, decay_base, steps_t, valid_t)
@@ -354,74 +398,62 @@ def _gradients(
         col_before = tl.zeros((BT,), dtype=tl.float32)  # sum_(i<j) P_ij
         for sub in range(C // BT):
             steps_u = c * C + sub * BT + tl.arange(0, BT)
-            tokens_u, valid_u, real_u = _rows(ORDER, KPM, batch, length, steps_u, HAS_ORDER, HAS_KPM)
-            q_u = _load_rows(q_base, tokens_u, valid_u, offs_d, dim, dim)
-            k_u = _load_rows(k_base, tokens_u, real_u, offs_d, dim, dim)
-            v_u = _load_rows(v_base, tokens_u, real_u, offs_v, value_dim, value_dim)
-            rs_u = tl.load(RS + bh * length + tokens_u, mask=valid_u, other=0.0)
-            g_u = (_load_rows(g_base, tokens_u, valid_u, offs_v, value_dim, value_dim).to(tl.float32) * rs_u[:, None]).to(v_u.dtype)
+            tokens_u, valid_u, real_u, q_u, k_u, v_u, g_u, g0_u = _gradient_rows(
+                steps_u, q_base, k_base, v_base, g_base, RS + bh * length, DD + bh * length, ORDER, KPM, batch,
+                length, dim, value_dim, offs_d, offs_v, BT, HAS_ORDER, HAS_KPM, NORMALIZE,
+            )
             b_u, e_u = _sums(CB, LA, decay_base, steps_u, valid_u)
             # This block's rows as queries, block u's as keys.
             mask = _intra_mask(steps_t, steps_u, e_t, b_t, e_u, b_u)
             scores = tl.dot(q_t, tl.trans(k_u), input_precision=PRECISION)
-            grad_a = tl.dot(g_t, tl.trans(v_u), input_precision=PRECISION)
-            if NORMALIZE:
-                grad_a += g0_t[:, None]
-            grad_scores = grad_a * mask
+            grad_scores = (tl.dot(g_t, tl.trans(v_u), input_precision=PRECISION) + g0_t[:, None]) * mask
             dq += tl.dot(grad_scores.to(k_u.dtype), k_u, input_precision=PRECISION)
             p = grad_scores * scores
             row_before += tl.sum(tl.where(steps_t[:, None] > steps_u[None, :], p, 0.0), 1)
             row_after += tl.sum(tl.where(steps_t[:, None] < steps_u[None, :], p, 0.0), 1)
             # Block u's rows as queries, this block's as keys.
-            g0_u = tl.zeros((BT,), dtype=tl.float32)
-            if NORMALIZE:
-                g0_u = tl.load(DD + bh * length + tokens_u, mask=valid_u, other=0.0)
             mask = _intra_mask(steps_u, steps_t, e_u, b_u, e_t, b_t)
             scores = tl.dot(q_u, tl.trans(k_t), input_precision=PRECISION)
-            grad_a = tl.dot(g_u, tl.trans(v_t), input_precision=PRECISION)
-            if NORMALIZE:
-                grad_a += g0_u[:, None]
-            grad_scores = grad_a * mask
+            grad_scores = (tl.dot(g_u, tl.trans(v_t), input_precision=PRECISION) + g0_u[:, None]) * mask
             dk += tl.dot(tl.trans(grad_scores.to(q_u.dtype)), q_u, input_precision=PRECISION)
             dv += tl.dot(tl.trans((scores * mask).to(g_u.dtype)), g_u, input_precision=PRECISION)
             p = grad_scores * scores
             col_after += tl.sum(tl.where(steps_u[:, None] > steps_t[None, :], p, 0.0), 0)
             col_before += tl.sum(tl.where(steps_u[:, None] < steps_t[None, :], p, 0.0), 0)
-        # Queries meet the forward state (slot 0) and the backward one (slot 1) ...
-        grad, sums = _state_gradient(q_t, g_t, g0_t, tl.exp(e_t), STATES, VEC, (bh * 2) * chunks + c, dim, value_dim, offs_d, offs_v, NORMALIZE, PRECISION)
-        dq += grad
-        row_before += sums
-        grad, sums = _state_gradient(q_t, g_t, g0_t, tl.exp(total - b_t), STATES, VEC, (bh * 2 + 1) * chunks + c, dim, value_dim, offs_d, offs_v, NORMALIZE, PRECISION)
-        dq += grad
-        row_after += sums
-        # ... and keys receive the gradients of the states they entered: from later queries through the forward
-        # state (gradient slot 1, weight exp(T - e)), from earlier ones through the backward state (slot 0, exp(b)).
         for slot_dir in tl.static_range(2):
+            slot = (bh * 2 + slot_dir) * chunks + c
+            # Queries met the forward state (slot 0, weight exp(e)) and the backward one (slot 1, exp(T - b)) ...
             if slot_dir == 0:
+                weight = tl.exp(e_t)
+            else:
+                weight = tl.exp(total - b_t)
+            state, vec = _load_state(STATES, VEC, slot, dim, value_dim, offs_d, offs_v, BD, NORMALIZE)
+            grad, sums = _state_gradient(q_t, g_t, g0_t, weight, state, vec, NORMALIZE, PRECISION)
+            dq += grad
+            # ... and keys entered the states whose gradients come from earlier queries (gradient slot 0, through
+            # the backward state, weight exp(b)) and from later ones (slot 1, the forward state, exp(T - e)).
+            if slot_dir == 0:
+                row_before += sums
                 weight = tl.exp(b_t)
             else:
+                row_after += sums
                 weight = tl.exp(total - e_t)
-            slot = (bh * 2 + slot_dir) * chunks + c
-            grad, sums = _state_gradient(k_t, v_t, tl.full((BT,), 1.0, tl.float32), weight, GSTATES, GVEC, slot, dim, value_dim, offs_d, offs_v, NORMALIZE, PRECISION)
+            state, vec = _load_state(GSTATES, GVEC, slot, dim, value_dim, offs_d, offs_v, BD, NORMALIZE)
+            grad, sums = _state_gradient(k_t, v_t, ones, weight, state, vec, NORMALIZE, PRECISION)
             dk += grad
-            mask = (offs_d[:, None] < dim) & (offs_v[None, :] < value_dim)
-            gstate = tl.load(GSTATES + slot * dim * value_dim + offs_d[:, None] * value_dim + offs_v[None, :], mask=mask, other=0.0)
-            kw = (k_t.to(tl.float32) * weight[:, None]).to(k_t.dtype)
-            dv += tl.dot(kw, gstate.to(k_t.dtype), input_precision=PRECISION)
+            dv += _meet(k_t, weight, state, vec, False, PRECISION)[0]
             if slot_dir == 0:
                 col_before += sums
             else:
                 col_after += sums
-        d_steps_mask = valid_t
-        tl.store(DE + bh * padded + steps_t, row_before - col_after, mask=d_steps_mask)
-        tl.store(DB + bh * padded + steps_t, col_before - row_after, mask=d_steps_mask)
+        tl.store(DE + bh * padded + steps_t, row_before - col_after, mask=valid_t)
+        tl.store(DB + bh * padded + steps_t, col_before - row_after, mask=valid_t)
     else:
-        ones = tl.full((BT,), 1.0, tl.float32)
-        dq, _ = _state_gradient(q_t, g_t, g0_t, ones, STATES, VEC, bh, dim, value_dim, offs_d, offs_v, NORMALIZE, PRECISION)
-        dk, _ = _state_gradient(k_t, v_t, ones, ones, GSTATES, GVEC, bh, dim, value_dim, offs_d, offs_v, NORMALIZE, PRECISION)
-        mask = (offs_d[:, None] < dim) & (offs_v[None, :] < value_dim)
-        gstate = tl.load(GSTATES + bh * dim * value_dim + offs_d[:, None] * value_dim + offs_v[None, :], mask=mask, other=0.0)
-        dv = tl.dot(k_t, gstate.to(k_t.dtype), input_precision=PRECISION)
+        state, vec = _load_state(STATES, VEC, bh, dim, value_dim, offs_d, offs_v, BD, NORMALIZE)
+        dq, _ = _state_gradient(q_t, g_t, g0_t, ones, state, vec, NORMALIZE, PRECISION)
+        state, vec = _load_state(GSTATES, GVEC, bh, dim, value_dim, offs_d, offs_v, BD, NORMALIZE)
+        dk, _ = _state_gradient(k_t, v_t, ones, ones, state, vec, NORMALIZE, PRECISION)
+        dv = _meet(k_t, ones, state, vec, False, PRECISION)[0]
     # Padded keys were selected away: nothing flows back to them.
     dk = tl.where(real_t[:, None], dk, 0.0)
     dv = tl.where(real_t[:, None], dv, 0.0)
@@ -465,10 +497,12 @@ def _recurrent(
     HAS_ORDER: tl.constexpr, HAS_KPM: tl.constexpr, NORMALIZE: tl.constexpr,
     FIRST: tl.constexpr, LAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """The bidirectional RNN over chunks for one head and block of value columns, both states in registers.
+    """The bidirectional RNN over chunks for one head and block of value columns, its state in registers.
 
     Sweep 1 (last chunk to first) leaves every token what the backward state brings it in ``ACC`` (the output
-    itself for a single path) and ``DEN``; sweep 2 adds the chunk's own tokens and the forward state.
+    itself for a single path) and ``DEN``; sweep 2 (first to last) adds the chunk's own tokens and the forward
+    state, and the last path normalises. The state a token meets is the one entering its chunk, so each chunk
+    is read before the state takes it in.
     """
     block_v = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -481,87 +515,60 @@ def _recurrent(
     den_base = DEN + (block_v * tl.num_programs(1) + bh) * length
     offs_d = tl.arange(0, BD)
     offs_v = block_v * BV + tl.arange(0, BV)
-
-    state = tl.zeros((BD, BV), dtype=tl.float32)
-    vec = tl.zeros((BD,), dtype=tl.float32)
-    for it in range(chunks):
-        c = chunks - 1 - it
-        total = tl.load(CB + decay_base + c * C + C - 1)
-        update = tl.zeros((BD, BV), dtype=tl.float32)
-        vec_update = tl.zeros((BD,), dtype=tl.float32)
-        for sub in range(C // BT):
-            steps = c * C + sub * BT + tl.arange(0, BT)
-            tokens, valid, real = _rows(ORDER, KPM, batch, length, steps, HAS_ORDER, HAS_KPM)
-            q = _load_rows(q_base, tokens, valid, offs_d, dim, dim)
-            b, e = _sums(CB, LA, decay_base, steps, valid)
-            qw = (q.to(tl.float32) * tl.exp(total - b)[:, None]).to(q.dtype)
-            part = tl.dot(qw, state.to(q.dtype), input_precision=PRECISION)
-            rows = bh * length + tokens
-            out_mask = valid[:, None] & (offs_v[None, :] < value_dim)
-            acc_ptrs = ACC + rows[:, None] * value_dim + offs_v[None, :]
-            if not FIRST:
-                part += tl.load(acc_ptrs, mask=out_mask, other=0.0)
-            tl.store(acc_ptrs, part, mask=out_mask)
-            if NORMALIZE:
-                part_den = tl.sum(qw.to(tl.float32) * vec[None, :], 1)
-                if not FIRST:
-                    part_den += tl.load(den_base + tokens, mask=valid, other=0.0)
-                tl.store(den_base + tokens, part_den, mask=valid)
-            k = _load_rows(k_base, tokens, real, offs_d, dim, dim)
-            v = _load_rows(v_base, tokens, real, offs_v, value_dim, value_dim)
-            kw = (k.to(tl.float32) * tl.exp(b)[:, None]).to(k.dtype)
-            update += tl.dot(tl.trans(kw), v, input_precision=PRECISION)
-            vec_update += tl.sum(kw.to(tl.float32), 0)
-        state = state * tl.exp(total) + update
-        vec = vec * tl.exp(total) + vec_update
-    tl.debug_barrier()  # sweep 2 reads what other threads of this program stored in sweep 1
-
-    state = tl.zeros((BD, BV), dtype=tl.float32)
-    vec = tl.zeros((BD,), dtype=tl.float32)
-    for c in range(chunks):
-        total = tl.load(CB + decay_base + c * C + C - 1)
-        update = tl.zeros((BD, BV), dtype=tl.float32)
-        vec_update = tl.zeros((BD,), dtype=tl.float32)
-        for sub_i in range(C // BT):
-            steps_i = c * C + sub_i * BT + tl.arange(0, BT)
-            tokens_i, valid_i, real_i = _rows(ORDER, KPM, batch, length, steps_i, HAS_ORDER, HAS_KPM)
-            q = _load_rows(q_base, tokens_i, valid_i, offs_d, dim, dim)
-            b_i, e_i = _sums(CB, LA, decay_base, steps_i, valid_i)
-            qw = (q.to(tl.float32) * tl.exp(e_i)[:, None]).to(q.dtype)
-            acc = tl.dot(qw, state.to(q.dtype), input_precision=PRECISION)
-            den = tl.sum(qw.to(tl.float32) * vec[None, :], 1)
-            for sub_j in range(C // BT):
-                steps_j = c * C + sub_j * BT + tl.arange(0, BT)
-                tokens_j, valid_j, real_j = _rows(ORDER, KPM, batch, length, steps_j, HAS_ORDER, HAS_KPM)
-                k = _load_rows(k_base, tokens_j, real_j, offs_d, dim, dim)
-                v = _load_rows(v_base, tokens_j, real_j, offs_v, value_dim, value_dim)
-                b_j, e_j = _sums(CB, LA, decay_base, steps_j, valid_j)
-                scores = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-                scores = scores * _intra_mask(steps_i, steps_j, e_i, b_i, e_j, b_j)
-                den += tl.sum(scores, 1)
-                acc += tl.dot(scores.to(v.dtype), v, input_precision=PRECISION)
-            rows = bh * length + tokens_i
-            out_mask = valid_i[:, None] & (offs_v[None, :] < value_dim)
-            acc_ptrs = ACC + rows[:, None] * value_dim + offs_v[None, :]
-            acc += tl.load(acc_ptrs, mask=out_mask, other=0.0).to(tl.float32)
-            if NORMALIZE:
-                den += tl.load(den_base + tokens_i, mask=valid_i, other=0.0)
-            if LAST:
-                out = acc / paths
-                if NORMALIZE:
-                    out = out / (den / paths + eps)[:, None]
-                tl.store(OUT + rows[:, None] * value_dim + offs_v[None, :], out, mask=out_mask)
-            else:
-                tl.store(acc_ptrs, acc, mask=out_mask)
-                if NORMALIZE:
-                    tl.store(den_base + tokens_i, den, mask=valid_i)
-            k = _load_rows(k_base, tokens_i, real_i, offs_d, dim, dim)
-            v = _load_rows(v_base, tokens_i, real_i, offs_v, value_dim, value_dim)
-            kw = (k.to(tl.float32) * tl.exp(total - e_i)[:, None]).to(k.dtype)
-            update += tl.dot(tl.trans(kw), v, input_precision=PRECISION)
-            vec_update += tl.sum(kw.to(tl.float32), 0)
-        state = state * tl.exp(total) + update
-        vec = vec * tl.exp(total) + vec_update
+    ones = tl.full((BT,), 1.0, tl.float32)
+    for sweep in tl.static_range(2):
+        state = tl.zeros((BD, BV), dtype=tl.float32)
+        vec = tl.zeros((BD,), dtype=tl.float32)
+        for it in range(chunks):
+            c = chunks - 1 - it if sweep == 0 else it
+            total = tl.load(CB + decay_base + c * C + C - 1)
+            update = tl.zeros((BD, BV), dtype=tl.float32)
+            vec_update = tl.zeros((BD,), dtype=tl.float32)
+            for sub in range(C // BT):
+                steps = c * C + sub * BT + tl.arange(0, BT)
+                tokens, valid, real = _rows(ORDER, KPM, batch, length, steps, HAS_ORDER, HAS_KPM)
+                q = _load_rows(q_base, tokens, valid, offs_d, dim, dim)
+                b, e = _sums(CB, LA, decay_base, steps, valid)
+                rows = bh * length + tokens
+                out_mask = valid[:, None] & (offs_v[None, :] < value_dim)
+                acc_ptrs = ACC + rows[:, None] * value_dim + offs_v[None, :]
+                if sweep == 0:
+                    acc, den = _meet(q, tl.exp(total - b), state, vec, NORMALIZE, PRECISION)
+                    if not FIRST:
+                        acc += tl.load(acc_ptrs, mask=out_mask, other=0.0)
+                        if NORMALIZE:
+                            den += tl.load(den_base + tokens, mask=valid, other=0.0)
+                    tl.store(acc_ptrs, acc, mask=out_mask)
+                    if NORMALIZE:
+                        tl.store(den_base + tokens, den, mask=valid)
+                    entering = tl.exp(b)
+                else:
+                    acc, den = _intra(q, steps, e, b, c, k_base, v_base, CB, LA, ORDER, KPM, batch, length,
+                                      decay_base, dim, value_dim, offs_d, offs_v, C, BT, BV, HAS_ORDER, HAS_KPM,
+                                      PRECISION)  # fmt: skip
+                    part, part_den = _meet(q, tl.exp(e), state, vec, NORMALIZE, PRECISION)
+                    acc += part + tl.load(acc_ptrs, mask=out_mask, other=0.0).to(tl.float32)
+                    den += part_den
+                    if NORMALIZE:
+                        den += tl.load(den_base + tokens, mask=valid, other=0.0)
+                    if LAST:
+                        out = acc / paths
+                        if NORMALIZE:
+                            out = out / (den / paths + eps)[:, None]
+                        tl.store(OUT + rows[:, None] * value_dim + offs_v[None, :], out, mask=out_mask)
+                    else:
+                        tl.store(acc_ptrs, acc, mask=out_mask)
+                        if NORMALIZE:
+                            tl.store(den_base + tokens, den, mask=valid)
+                    entering = tl.exp(total - e)
+                k = _load_rows(k_base, tokens, real, offs_d, dim, dim)
+                v = _load_rows(v_base, tokens, real, offs_v, value_dim, value_dim)
+                part, vec_part = _enter(k, v, entering, ones, PRECISION)
+                update += part
+                vec_update += vec_part
+            state = state * tl.exp(total) + update
+            vec = vec * tl.exp(total) + vec_update
+        tl.debug_barrier()  # sweep 2 reads what other threads of this program stored in sweep 1
 
 
 # ------------------------------------------------------------------------------------------ launches
@@ -627,7 +634,7 @@ def _total_of(x, y, *, kpm, rs, extra, extra_mode):
     parts = x.new_empty(batch * heads, splits, x_dim, y_dim, dtype=torch.float32)
     vec = x.new_zeros(batch * heads, splits, x_dim, dtype=torch.float32)
     _total[(columns, batch * heads, splits)](
-        x, y, extra if extra is not None else x, rs if rs is not None else x, x, kpm if kpm is not None else x,
+        x, y, extra if extra is not None else x, rs if rs is not None else x, kpm if kpm is not None else x,
         parts, vec, heads, length, x_dim, y_dim, per_split,
         BT=rows, BD=_block(x_dim), BV=block_v, HAS_KPM=kpm is not None, HAS_RS=rs is not None,
         EXTRA_MODE=extra_mode, PRECISION=_precision(x.dtype), num_warps=4,
