@@ -27,15 +27,19 @@ Kernels (one launch each per path):
 - LION-LIT has no mask: every token sees one sum ``K^T V``; ``_total`` forms it (split over the tokens, the parts
   added by PyTorch) and the output and gradient kernels read it in place of the two states.
 
-Numerics: products of bf16/fp16 inputs accumulate in float32 (the weighted queries and keys and the states are
-rounded to the input dtype for the matrix units); float32 inputs use full float32 products (``ieee``).
+Numerics: products of bf16 inputs accumulate in float32 (the weighted queries and keys and the states are
+rounded to bf16 for the matrix units); float32 inputs use full float32 products (``ieee``). float16 is left to
+PyTorch: its range would not hold the states of long sequences once rounded for the matrix units.
 Log-decays are clamped at -60 (a decay under 1e-26, indistinguishable from 0 next to the diagonal's 1), which
 keeps differences of running sums finite.
 
-Supported: CUDA tensors (CPU tensors when ``TRITON_INTERPRET=1`` was set before this module was imported: the
-interpreter the tests use), float32/bfloat16/float16, head and value dims up to 128, chunk sizes 16, 32, 64,
-128, 256, any length, any number of paths and orders, key padding. ``unsupported`` says why otherwise, and the
-dispatch then takes the PyTorch forms.
+Memory: the forward pass keeps only its output and (normalised) one float32 row sum per token for the backward
+pass, which forms the states again. The states themselves are float32, ``2 * N / C * D * Dv`` per head and path.
+
+Supported: CUDA tensors (CPU tensors while ``TRITON_INTERPRET=1``, if it was also set when Triton and this module
+were imported: the interpreter the tests use), float32 and bfloat16, head and value dims up to 128, chunk sizes
+16, 32, 64, 128, 256, any length, any number of paths and orders, key padding. ``unsupported`` says why
+otherwise, and the dispatch then takes the PyTorch forms.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ _INTERPRETED = triton is not None and os.environ.get("TRITON_INTERPRET") == "1"
 CHUNK_SIZES = (16, 32, 64, 128, 256)
 MAX_HEAD_DIM = 128
 _MIN_LOG_DECAY = -60.0
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_DTYPES = (torch.float32, torch.bfloat16)
 _ROWS = 64  # rows of one tile: chunks larger than this are walked in sub-blocks of it
 
 
@@ -850,7 +854,7 @@ def unsupported(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_
     elif _INTERPRETED:
         return "the kernels were built for the interpreter (TRITON_INTERPRET=1), not the GPU"
     if q.dtype not in _DTYPES:
-        return f"dtype {q.dtype} (supported: float32, bfloat16, float16)"
+        return f"dtype {q.dtype} (supported: float32, bfloat16)"
     if max(q.shape[-1], v.shape[-1]) > MAX_HEAD_DIM:
         return f"head dims {q.shape[-1]}/{v.shape[-1]} (supported: up to {MAX_HEAD_DIM})"
     if chunk_size not in CHUNK_SIZES:
