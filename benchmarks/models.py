@@ -102,14 +102,15 @@ class TimmClassifier(nn.Module):
         return ImageClassifierOutput(loss=loss, logits=logits)
 
 
-def timm_vit(shape: VisionShape, device: torch.device):
+def timm_vit(shape: VisionShape, device: torch.device, image_size: int | None = None):
     """timm's ViT (fused qkv projection, ``F.scaled_dot_product_attention``); at the ViT-B/16 shape this is
-    ``vit_base_patch16_224``. The fastest softmax vision model a user would pick."""
+    ``vit_base_patch16_224``. The fastest softmax vision model a user would pick. ``image_size``: built for that
+    resolution (its position table), default the shape's."""
     from timm.models.vision_transformer import VisionTransformer
 
     with torch.device(device):
         model = VisionTransformer(
-            img_size=shape.image_size,
+            img_size=image_size or shape.image_size,
             patch_size=shape.patch_size,
             num_classes=shape.num_labels,
             embed_dim=shape.hidden_size,

@@ -13,6 +13,9 @@ SOFTMAX_MODELS = {
     "compiled_mlm": ("BERT SDPA",),
     "inference": ("ViT SDPA",),
     "operator": ("SDPA",),
+    "long_operator": ("SDPA",),
+    "long_inference": ("timm ViT", "ViT SDPA"),
+    "long_mlm": ("BERT SDPA",),
 }
 # The softmax line drawn in the plots (the groups plotted have one softmax model).
 BASELINES = {group: models[0] for group, models in SOFTMAX_MODELS.items()}
@@ -24,6 +27,9 @@ CASE_KEYS = {
     "compiled_mlm": ("seq_len", "batch"),
     "inference": ("resolution", "batch"),
     "operator": ("seq_len", "batch"),
+    "long_operator": ("seq_len", "batch"),
+    "long_inference": ("resolution", "batch"),
+    "long_mlm": ("seq_len", "batch"),
 }
 
 
@@ -146,6 +152,47 @@ def evaluate_targets(records: list[dict]) -> list[dict]:
                     "met": value is not None and value <= 10.0,
                 }
             )
+    return targets + _long_sequence_targets(records)
+
+
+def _long_sequence_targets(records: list[dict]) -> list[dict]:
+    """Issue 14's targets, from the long-sequence groups that ran (the chunk form on the "auto" backend)."""
+    targets = []
+    operator = [r for r in _ok(records) if r["group"] == "long_operator" and not r.get("backend")]
+    for label, limit in (("LIT", 2.0), ("D", 3.0), ("S", 3.0)):
+        match = [r for r in operator if r["model"] == f"LION-{label}" and r["seq_len"] == 16384]
+        if any(r["group"] == "long_operator" and r["seq_len"] == 16384 for r in records):
+            target = _ratio_target(f"operator 16k tokens LION-{label} fwd+bwd ms", match[0] if match else None,
+                                   limit, "median_ms")  # fmt: skip
+            targets.append(target)
+        if any(r["group"] == "long_operator" and r["seq_len"] == 4096 for r in records):
+            match = [r for r in operator if r["model"] == f"LION-{label}" and r["seq_len"] == 4096]
+            targets.append(_ratio_target(f"operator 4k tokens LION-{label} vs SDPA", match[0] if match else None, 0.5))
+    mlm_limits = {2048: {"LIT": 0.8, "D": 0.8, "S": 0.8}, 8192: {"LIT": 1 / 3, "D": 0.5, "S": 0.5}}
+    for seq_len, limits in mlm_limits.items():
+        if not any(r["group"] == "long_mlm" and r["seq_len"] == seq_len for r in records):
+            continue
+        for label, limit in limits.items():
+            match = _find(records, group="long_mlm", seq_len=seq_len, model=f"LION-{label}")
+            targets.append(_ratio_target(f"MLM seq {seq_len} LION-{label}", match[0] if match else None, limit))
+    for resolution, time_limit in ((1024, 1.0), (2048, 0.5)):
+        if not any(r["group"] == "long_inference" and r["resolution"] == resolution for r in records):
+            continue
+        for label in ("LIT", "D", "S"):
+            chunk = _ok(_find(records, group="long_inference", resolution=resolution, model=f"LION-{label}", form="chunk"))
+            record = chunk[0] if chunk else None
+            name = f"ViT-B/16 {resolution} px LION-{label} chunk"
+            targets.append(_ratio_target(f"{name} time vs timm", record, time_limit))
+            targets.append(_ratio_target(f"{name} peak memory vs timm", record, 1.0, "memory_ratio"))
+            if resolution == 1024:
+                recurrent = _ok(_find(records, group="long_inference", resolution=1024, model=f"LION-{label}",
+                                      form="recurrent"))  # fmt: skip
+                for key, what in (("median_ms", "time"), ("peak_mb", "peak memory")):
+                    ok = recurrent and record and recurrent[0][key] and record[key]
+                    value = recurrent[0][key] / record[key] if ok else None
+                    limit = 2.0 if key == "median_ms" else 1.0
+                    targets.append({"target": f"{name}: recurrent / chunk {what}", "limit": limit, "value": value,
+                                    "met": value is not None and value <= limit})  # fmt: skip
     return targets
 
 
@@ -158,7 +205,8 @@ def _describe(record: dict) -> str:
     if form is None:
         return record["model"]
     chunk = f"/{record['chunk_size']}" if form != "parallel" and record.get("chunk_size") else ""
-    return f"{record['model']} {form}{chunk}"
+    backend = f" [{record['backend']}]" if record.get("backend") else ""
+    return f"{record['model']} {form}{chunk}{backend}"
 
 
 def table(records: list[dict], targets: list[dict]) -> str:
@@ -170,6 +218,9 @@ def table(records: list[dict], targets: list[dict]) -> str:
         "compiled_mlm": "MLM training step under torch.compile",
         "inference": "inference (bf16 autocast) against resolution",
         "operator": "attention operator alone, fwd + bwd (bf16)",
+        "long_operator": "long sequences: attention operator alone, fwd + bwd (bf16)",
+        "long_inference": "long sequences: ViT inference (bf16 autocast) against resolution, vs timm",
+        "long_mlm": "long sequences: MLM training step, LION in the chunk form",
     }
     for group, title in titles.items():
         rows = [r for r in records if r["group"] == group]
@@ -222,7 +273,13 @@ def plot(records: list[dict], out_dir: Path, mode_note: str) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    for group, x_key, x_label in (("inference", "resolution", "image side (px)"), ("operator", "seq_len", "tokens")):
+    for group, x_key, x_label in (
+        ("inference", "resolution", "image side (px)"),
+        ("operator", "seq_len", "tokens"),
+        ("long_inference", "resolution", "image side (px)"),
+        ("long_operator", "seq_len", "tokens"),
+        ("long_mlm", "seq_len", "tokens"),
+    ):
         names = {r["model"] for r in records if r["group"] == group and r["model"] != BASELINES[group]}
         variants = [v for v in ("LION-LIT", "LION-D", "LION-S") if v in names] + sorted(
             names - {"LION-LIT", "LION-D", "LION-S"}

@@ -1,4 +1,5 @@
-"""The benchmark groups: vision and MLM training (eager and compiled), inference against resolution, the operator alone."""
+"""The benchmark groups: vision and MLM training (eager and compiled), inference against resolution, the operator
+alone, and the long-sequence groups of the fused chunk kernels (operator, ViT inference, MLM training)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,12 @@ class Settings:
     operator_batch: int
     operator_heads: int
     operator_head_dim: int
+    # The long-sequence groups (issue 14): the chunk and recurrent forms on the fused kernels.
+    long_operator_lengths: tuple[int, ...]
+    long_resolutions: tuple[int, ...]
+    long_text_shape: TextShape
+    long_mlm_cases: tuple[tuple[int, int], ...]
+    long_chunk_size: int
     warmup: int
     repeats: int
     budget_s: float  # timed runs of one configuration
@@ -61,6 +68,11 @@ def full_settings(**overrides) -> Settings:
         operator_batch=4,
         operator_heads=12,
         operator_head_dim=64,
+        long_operator_lengths=(1024, 2048, 4096, 8192, 16384, 32768, 65536),
+        long_resolutions=(512, 1024, 2048),
+        long_text_shape=TextShape("BERT-base", 768, 12, 12, 3072, 30522, 16384),
+        long_mlm_cases=((2048, 8), (8192, 2), (16384, 1)),
+        long_chunk_size=64,
         warmup=3,
         repeats=10,
         budget_s=2.0,
@@ -86,6 +98,11 @@ def smoke_settings(**overrides) -> Settings:
         operator_batch=1,
         operator_heads=2,
         operator_head_dim=8,
+        long_operator_lengths=(64, 128),
+        long_resolutions=(32, 64),
+        long_text_shape=TextShape("tiny-text", 32, 2, 2, 64, 100, 128),
+        long_mlm_cases=((64, 2), (128, 1)),
+        long_chunk_size=16,
         warmup=1,
         repeats=1,
         budget_s=0.5,
@@ -164,8 +181,17 @@ def compiled_mlm_training(settings: Settings, device: torch.device) -> Iterator[
     yield from _mlm_training(settings, device, settings.mlm_cases[:1], compiled=True)
 
 
-def _mlm_training(settings, device, cases, compiled: bool) -> Iterator[dict]:
-    shape = settings.text_shape
+def long_mlm_training(settings: Settings, device: torch.device) -> Iterator[dict]:
+    """The MLM training step at long sequences, LION in the chunk form (the fused kernels where they run)."""
+    lion = dict(attention_form="chunk", chunk_size=settings.long_chunk_size)
+    yield from _mlm_training(settings, device, settings.long_mlm_cases, compiled=False, group="long_mlm",
+                             shape=settings.long_text_shape, lion_overrides=lion)  # fmt: skip
+
+
+def _mlm_training(settings, device, cases, compiled: bool, group=None, shape=None, lion_overrides=None):
+    shape = shape or settings.text_shape
+    group = group or ("compiled_mlm" if compiled else "mlm")
+    lion_overrides = lion_overrides or {}
     for length, batch in cases:
         generator = torch.Generator(device="cpu").manual_seed(0)
         input_ids = torch.randint(1, shape.vocab_size, (batch, length), generator=generator)
@@ -175,10 +201,9 @@ def _mlm_training(settings, device, cases, compiled: bool) -> Iterator[dict]:
             "attention_mask": torch.ones(batch, length, dtype=torch.long, device=device),
             "labels": labels.to(device),
         }
-        group = "compiled_mlm" if compiled else "mlm"
         case = {"group": group, "shape": shape.name, "seq_len": length, "batch": batch}
         builders = [("BERT SDPA", None, lambda: bert_sdpa(shape, device))]
-        builders += [(_label(v), v, lambda v=v: lion_mlm(shape, v, device)) for v in TEXT_VARIANTS]
+        builders += [(_label(v), v, lambda v=v: lion_mlm(shape, v, device, **lion_overrides)) for v in TEXT_VARIANTS]
         for name, variant, build in builders:
             model = build()
             result = _measure(_training_step(model, inputs, settings, device, compiled), settings, device)
@@ -269,26 +294,39 @@ def _operator_inputs(settings: Settings, length: int, device: torch.device, gene
 
 def operator(settings: Settings, device: torch.device) -> Iterator[dict]:
     """The attention operator alone, forward + backward, against ``F.scaled_dot_product_attention``."""
+    chunk = settings.chunk_sizes[0]
+    configs = [("parallel", None, "auto"), ("chunk", chunk, "auto"), ("recurrent", chunk, "auto")]
+    yield from _operator(settings, device, "operator", settings.operator_lengths, configs)
+
+
+def long_operator(settings: Settings, device: torch.device) -> Iterator[dict]:
+    """The operator at long sequences, forward + backward: the chunk form on the fused kernels (the "auto"
+    backend, where they run) and on PyTorch, against SDPA."""
+    chunk = settings.long_chunk_size
+    configs = [("chunk", chunk, "auto"), ("chunk", chunk, "pytorch")]
+    yield from _operator(settings, device, "long_operator", settings.long_operator_lengths, configs)
+
+
+def _operator(settings, device, group, lengths, configs) -> Iterator[dict]:
     guard = _SeriesGuard(settings.max_call_s)
     batch, heads, head_dim = settings.operator_batch, settings.operator_heads, settings.operator_head_dim
     generator = torch.Generator(device="cpu").manual_seed(0)
-    for length in settings.operator_lengths:
+    for length in lengths:
         q, k, v, grad = _operator_inputs(settings, length, device, generator)
         scale = head_dim**-0.5
         decay_logit = torch.randn(1, heads, 1, generator=generator).add_(3).to(device).requires_grad_()
         gate = torch.randn(batch, heads, length, generator=generator).add_(3).to(device).requires_grad_()
-        case = {"group": "operator", "seq_len": length, "batch": batch, "heads": heads, "head_dim": head_dim}
+        case = {"group": group, "seq_len": length, "batch": batch, "heads": heads, "head_dim": head_dim}
 
         def sdpa():
             out = F.scaled_dot_product_attention(q, k, v)
             torch.autograd.grad(out, (q, k, v), grad)
 
-        configs = [("SDPA", None, None, None, sdpa)]
-        forms = [("parallel", None), ("chunk", settings.chunk_sizes[0]), ("recurrent", settings.chunk_sizes[0])]
+        runs = [("SDPA", None, None, None, None, sdpa)]
         for variant in ("lit", "d", "s"):
-            for form, chunk_size in forms:
+            for form, chunk_size, backend in configs:
 
-                def lion(variant=variant, form=form, chunk_size=chunk_size):
+                def lion(variant=variant, form=form, chunk_size=chunk_size, backend=backend):
                     params = (q, k, v)
                     if variant == "lit":
                         log_decays = None
@@ -299,17 +337,61 @@ def operator(settings: Settings, device: torch.device) -> Iterator[dict]:
                         log_decays = [F.logsigmoid(gate)]
                         params += (gate,)
                     out = lion_attention(
-                        q * scale, k, v, log_decays, form=form, chunk_size=chunk_size or 64, normalize=True
+                        q * scale, k, v, log_decays, form=form, chunk_size=chunk_size or 64, normalize=True,
+                        backend=backend,
                     )
                     torch.autograd.grad(out, params, grad)
 
-                configs.append((_label(variant), variant, form, chunk_size, lion))
-        for name, variant, form, chunk_size, fn in configs:
-            series = f"{name}|{form}"
+                runs.append((_label(variant), variant, form, chunk_size, backend, lion))
+        for name, variant, form, chunk_size, backend, fn in runs:
+            series = f"{name}|{form}|{backend}"
             reason = guard.reason(series, length)
             result = skipped(reason) if reason is not None else _measure(fn, settings, device)
             guard.record(series, length, result)
-            yield {**case, "model": name, "variant": variant, "form": form, "chunk_size": chunk_size, **result}
+            record = {**case, "model": name, "variant": variant, "form": form, "chunk_size": chunk_size, **result}
+            if backend not in (None, "auto"):
+                record["backend"] = backend
+            yield record
+
+
+def long_inference(settings: Settings, device: torch.device) -> Iterator[dict]:
+    """ViT-B/16 inference at high resolution: timm's ViT (when timm imports) and transformers' ViT against the
+    chunk form (fused kernels where they run) and the recurrent form of LION-LIT/D/S; time and peak memory."""
+    shape, batch, chunk = settings.inference_shape, settings.inference_batch, settings.long_chunk_size
+    guard = _SeriesGuard(settings.max_call_s)
+    lions = {_label(v): lion_vision(shape, v, "raster", device).eval() for v in settings.inference_variants}
+    for resolution in settings.long_resolutions:
+        pixel_values = torch.randn(batch, 3, resolution, resolution, device=device)
+        tokens = (resolution // shape.patch_size) ** 2 + 1
+        case = {"group": "long_inference", "shape": shape.name, "resolution": resolution, "tokens": tokens,
+                "batch": batch}  # fmt: skip
+        timm = timm_vit(shape, device, image_size=resolution).eval() if timm_available() else None
+        baselines = {"timm ViT": timm, "ViT SDPA": vit_sdpa(shape, device).eval()}
+        runs = [(name, model, None, None) for name, model in baselines.items()]
+        runs += [(name, model, form, chunk) for name, model in lions.items() for form in ("chunk", "recurrent")]
+        for name, model, form, chunk_size in runs:
+            series = f"{name}|{form}"
+            reason = guard.reason(series, tokens)
+            if model is None:
+                result = skipped("timm is not installed")
+            elif reason is not None:
+                result = skipped(reason)
+            else:
+                if form is not None:
+                    model.set_attention_form(form, chunk_size)
+                # timm's model is built at this resolution; the others interpolate their position embeddings.
+                inputs = {"pixel_values": pixel_values}
+                if name != "timm ViT":
+                    inputs["interpolate_pos_encoding"] = True
+
+                def run(model=model, inputs=inputs):
+                    with torch.inference_mode(), _autocast(settings, device):
+                        model(**inputs)
+
+                result = _measure(run, settings, device)
+            guard.record(series, tokens, result)
+            yield {**case, "model": name, "form": form, "chunk_size": chunk_size, **result}
+        del baselines, runs
 
 
 GROUPS = {
@@ -319,4 +401,7 @@ GROUPS = {
     "operator": operator,
     "compiled": compiled_training,
     "compiled_mlm": compiled_mlm_training,
+    "long_operator": long_operator,
+    "long_inference": long_inference,
+    "long_mlm": long_mlm_training,
 }

@@ -785,6 +785,15 @@ def _scan(leaving: torch.Tensor, decay: torch.Tensor, reverse: bool) -> torch.Te
 
 
 # ------------------------------------------------------------------------------------------ fused kernels
+# Imported at first use, by a literal relative import (so that saved checkpoints carry the files): they need
+# Triton, which a checkpoint must load without.
+
+
+def _kernel_device_reason(q: torch.Tensor) -> str | None:
+    # Checked before importing: a CPU run without the interpreter never loads Triton.
+    if q.device.type != "cuda" and not (q.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
+        return f"{q.device.type} tensors (the kernels run on CUDA, or on the CPU through TRITON_INTERPRET=1)"
+    return None
 
 
 def _triton_parallel(*args, **options) -> torch.Tensor:
@@ -794,9 +803,9 @@ def _triton_parallel(*args, **options) -> torch.Tensor:
 
 
 def _triton_parallel_unsupported(q, *args, **options) -> str | None:
-    # Checked before importing: a CPU run without the interpreter never loads Triton.
-    if q.device.type != "cuda" and not (q.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
-        return f"{q.device.type} tensors (the kernels run on CUDA, or on the CPU through TRITON_INTERPRET=1)"
+    reason = _kernel_device_reason(q)
+    if reason is not None:
+        return reason
     try:
         from .lion_triton import unsupported
     except ImportError:
@@ -804,10 +813,25 @@ def _triton_parallel_unsupported(q, *args, **options) -> str | None:
     return unsupported(q, *args, **options)
 
 
+def _triton_chunk(name: str) -> Callable:
+    """An entry of lion_triton_chunk.py: the chunk or recurrent form, or the check of what they can run."""
+
+    def call(q, *args, **options):
+        if name == "unsupported" and (reason := _kernel_device_reason(q)) is not None:
+            return reason
+        from .lion_triton_chunk import ENTRIES
+
+        return ENTRIES[name](q, *args, **options)
+
+    return call
+
+
 # Tried in this order by the "auto" backend; fused kernels go before the PyTorch forms they replace.
 IMPLEMENTATIONS: tuple[AttentionImplementation, ...] = (
     AttentionImplementation("triton", "parallel", _triton_parallel, _triton_parallel_unsupported),
     AttentionImplementation("pytorch", "parallel", _pytorch_form(_parallel_form), _runs_anywhere),
+    AttentionImplementation("triton", "chunk", _triton_chunk("chunk"), _triton_chunk("unsupported")),
     AttentionImplementation("pytorch", "chunk", _pytorch_form(_chunk_form), _runs_anywhere),
+    AttentionImplementation("triton", "recurrent", _triton_chunk("recurrent"), _triton_chunk("unsupported")),
     AttentionImplementation("pytorch", "recurrent", _pytorch_form(_recurrent_form), _runs_anywhere),
 )

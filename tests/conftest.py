@@ -10,6 +10,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LION_HF_SHARED", REPO.parent / "shared"))
 

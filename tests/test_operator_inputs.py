@@ -139,15 +139,18 @@ def test_lion_hf_info_says_what_computes_each_form(monkeypatch, capsys):
     out = capsys.readouterr().out
     cpu = out[out.index("  on cpu float32:") : out.index("  on cuda bfloat16")]
     lines = [line.split(None, 2) for line in cpu.splitlines() if line.startswith("    ")]
+    reason = "cannot run: cpu tensors (the kernels run on CUDA, or on the CPU through TRITON_INTERPRET=1)"
     assert lines == [
         ["chunk", "unavailable", "cannot run: needs a GPU"],
         ["chunk", "fused", "runs"],
-        ["parallel", "triton", "cannot run: cpu tensors (the kernels run on CUDA, or on the CPU through TRITON_INTERPRET=1)"],
+        ["parallel", "triton", reason],
         ["parallel", "pytorch", "runs"],
+        ["chunk", "triton", reason],
         ["chunk", "pytorch", "can run (with attention_backend='pytorch')"],
+        ["recurrent", "triton", reason],
         ["recurrent", "pytorch", "runs"],
     ]
-    # CUDA inputs as well, from fake tensors where there is no GPU (tests/test_kernels_parallel.py checks the
+    # CUDA inputs as well, from fake tensors where there is no GPU (tests/test_kernels.py checks the
     # kernels' own lines with Triton installed).
     for dtype in ("bfloat16", "float16", "float32"):
         assert f"  on cuda {dtype}" in out

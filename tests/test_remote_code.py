@@ -29,7 +29,7 @@ from lion_hf import (
     lion_image_processor,
 )
 
-MODEL_FILES = ("configuration_lion.py", "modeling_lion.py", "lion_attention.py", "lion_triton.py")
+MODEL_FILES = ("configuration_lion.py", "modeling_lion.py", "lion_attention.py", "lion_triton.py", "lion_triton_chunk.py")
 SENTENCES = ["the cat sat on the [MASK] .", "a [MASK] day"]
 FILL_MASK_TEXT = "paris is the [MASK] of france ."
 
@@ -98,6 +98,14 @@ with torch.no_grad():
     for form in ("parallel", "chunk", "recurrent"):
         mlm.set_attention_form(form)
         results["logits_" + form] = mlm(**inputs).logits
+    # The chunk kernels' file came with the checkpoint (on the CPU nothing imports it): without Triton it imports
+    # and declines, and PyTorch ran those forms.
+    import importlib
+    kernels = importlib.import_module(type(mlm).__module__.rsplit(".", 1)[0] + ".lion_triton_chunk")
+    x = torch.zeros(1, 1, 4, 8)
+    reason = kernels.unsupported(x, x, x, None, None, chunk_size=64, normalize=False, eps=1e-6,
+                                 key_padding_mask=None, dropout_p=0.0)
+    assert reason == "Triton is not installed", reason
     classifier = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=True, num_labels=3)
     results["classifier_logits"] = classifier.eval()(**inputs).logits
     for name, value in classifier.lion.state_dict().items():
@@ -115,7 +123,7 @@ with open(out + "/remote.json", "w") as f:
 def test_remote_code_without_lion_hf(checkpoint, tmp_path):
     folder, model, tokenizer = checkpoint
     code = REMOTE.format(folder=str(folder), out=str(tmp_path), sentences=SENTENCES, fill_text=FILL_MASK_TEXT)
-    run_without_lion_hf(code, cwd=tmp_path)
+    run_without_lion_hf(code, cwd=tmp_path, also_hidden=("triton",))
     remote = load_file(tmp_path / "remote.safetensors")
     written = json.loads((tmp_path / "remote.json").read_text())
 

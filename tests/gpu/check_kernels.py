@@ -1,6 +1,6 @@
 """GPU check of the fused parallel-form kernels (modeling/lion_triton.py) on real shapes, float32 and bfloat16.
 
-Not collected by pytest (CI has no GPU; tests/test_kernels_parallel.py runs the same kernels through Triton's
+Not collected by pytest (CI has no GPU; tests/test_kernels.py runs the same kernels through Triton's
 interpreter there). On a CUDA machine: ``python tests/gpu/check_kernels.py``; exit status 1 when a check fails.
 
 Every output and gradient (q, k, v, the decay parameters) is compared with the PyTorch path in float64 (exact;

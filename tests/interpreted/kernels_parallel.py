@@ -7,7 +7,7 @@ padded keys, dropout, the float32 running sums on long sequences, the dispatch, 
 
 Triton builds its interpreter only when ``TRITON_INTERPRET=1`` is set before it is first imported, and
 ``import lion_hf`` imports it (through transformers and torch._dynamo). So these tests run in a process of their own,
-started with the variable by tests/test_kernels_parallel.py (or by hand: ``TRITON_INTERPRET=1 pytest
+started with the variable by tests/test_kernels.py (or by hand: ``TRITON_INTERPRET=1 pytest
 tests/interpreted/kernels_parallel.py``); in the main test session CPU tensors keep going to the PyTorch forms.
 The interpreter computes ``tl.dot`` on bfloat16 as integers (its numpy arrays hold their bits), so the
 low-precision kernels are tested here in float16 and in bfloat16 by tests/gpu/check_kernels.py on a GPU.
@@ -239,8 +239,10 @@ def test_dispatch_reasons_and_forced_backends(monkeypatch):
     empty = (q[:, :, :0], k[:, :, :0], v[:, :, :0], None, None)
     with pytest.raises(ValueError, match=re.escape("triton: empty inputs (q (2, 2, 0, 16), v (2, 2, 0, 16))")):
         select_implementation("parallel", "triton", *empty, **options)
-    with pytest.raises(ValueError, match="No 'triton' implementation of the 'chunk' form"):
-        select_implementation("chunk", "triton", *args, **options)
+    # The chunk form has kernels of its own (lion_triton_chunk.py), for some chunk sizes.
+    assert select_implementation("chunk", "triton", *args, **options).backend == "triton"
+    with pytest.raises(ValueError, match="No 'triton' implementation of the 'chunk' form.*chunk_size 7"):
+        select_implementation("chunk", "triton", *args, **{**options, "chunk_size": 7})
     monkeypatch.delenv("TRITON_INTERPRET")
     with pytest.raises(ValueError, match="cpu tensors"):
         select_implementation("parallel", "triton", *args, **options)

@@ -1,0 +1,899 @@
+"""Fused Triton kernels for the ``chunk`` and ``recurrent`` forms of the LION operator.
+
+They compute what ``_chunkwise`` in ``lion_attention.py`` computes, without writing the intra-chunk scores to
+memory. Along one path (tokens gathered by its order inside the kernels), with chunks of ``C`` tokens and, per
+token, its log-decay ``la``, the chunk-local inclusive running sum ``b`` and the exclusive one ``e = b - la`` (float32),
+and ``T`` the sum over a whole chunk:
+
+- intra-chunk: ``M_ij = exp(e_i - e_j)`` (i after j), ``exp(b_j - b_i)`` (i before j), 1 on the diagonal; every
+  exponent is <= 0;
+- the state entering chunk ``c`` forwards, ``H_f[c] = sum over earlier chunks of (decay between) k~^T v`` with
+  ``k~_j = exp(T - e_j) k_j``, and backwards, ``H_b[c]`` with ``k~_j = exp(b_j) k_j``; a query meets them as
+  ``exp(e_i) q_i H_f[c] + exp(T - b_i) q_i H_b[c]``.
+
+Kernels (one launch each per path):
+
+- ``_states``: the entering states of every chunk, sequential over the chunks, one program per (head,
+  block of value columns, direction), the state in registers; stored in float32 for the output kernel. Run on
+  (queries, output gradients) it gives the states' gradients, which travel the opposite ways.
+- ``_output``: parallel over blocks of query rows; masked scores tile by tile, plus the two carried states;
+  normalised (the row sums come from the same tiles and from a vector state of the summed keys) and averaged
+  over paths (float32 accumulators between the launches of several paths).
+- ``_gradients``: parallel over blocks of rows: dq, dk, dv, and per token the row and column sums of
+  ``dA * A`` below and above the diagonal, from which PyTorch forms the log-decay gradients with two reverse
+  running sums (``_decay_gradient``).
+- ``_recurrent``: inference only, the bidirectional RNN in one launch: a backward sweep over the chunks, then a
+  forward sweep, the state in registers; no per-chunk states are stored.
+- LION-LIT has no mask: every token sees one sum ``K^T V``; ``_total`` forms it (split over the tokens, the parts
+  added by PyTorch) and the output and gradient kernels read it in place of the two states.
+
+Numerics: products of bf16 inputs accumulate in float32 (the weighted queries and keys and the states are
+rounded to bf16 for the matrix units); float32 inputs use full float32 products (``ieee``). float16 is left to
+PyTorch: its range would not hold the states of long sequences once rounded for the matrix units.
+Log-decays are clamped at -60 (a decay under 1e-26, indistinguishable from 0 next to the diagonal's 1), which
+keeps differences of running sums finite.
+
+Memory: the forward pass keeps only its output and (normalised) one float32 row sum per token for the backward
+pass, which forms the states again. The states themselves are float32, ``2 * N / C * D * Dv`` per head and path.
+
+Supported: CUDA tensors (CPU tensors while ``TRITON_INTERPRET=1``, if it was also set when Triton and this module
+were imported: the interpreter the tests use), float32 and bfloat16, head and value dims up to 128, chunk sizes
+16, 32, 64, 128, 256, any length, any number of paths and orders, key padding. ``unsupported`` says why
+otherwise, and the dispatch then takes the PyTorch forms.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # a checkpoint must load without Triton; unsupported() then names the reason
+    triton = tl = None
+
+# Decided when the kernels are defined: Triton builds interpreter or GPU versions of them at that point.
+_INTERPRETED = triton is not None and os.environ.get("TRITON_INTERPRET") == "1"
+CHUNK_SIZES = (16, 32, 64, 128, 256)
+MAX_HEAD_DIM = 128
+_MIN_LOG_DECAY = -60.0
+_DTYPES = (torch.float32, torch.bfloat16)
+_ROWS = 64  # rows of one tile: chunks larger than this are walked in sub-blocks of it
+
+
+def _jit(fn):
+    return triton.jit(fn) if triton is not None else fn
+
+
+# ----------------------------------------------------------------------------------------------- kernels
+
+
+@_jit
+def _rows(ORDER, KPM, batch, length, steps, HAS_ORDER: tl.constexpr, HAS_KPM: tl.constexpr):
+    """Tokens at path ``steps`` (real ones: ``valid``), and whether their keys count (``real``)."""
+    valid = steps < length
+    if HAS_ORDER:
+        tokens = tl.load(ORDER + steps, mask=valid, other=0)
+    else:
+        tokens = steps
+    real = valid
+    if HAS_KPM:
+        real = valid & (tl.load(KPM + batch * length + tokens, mask=valid, other=0) != 0)
+    return tokens, valid, real
+
+
+@_jit
+def _load_rows(base, tokens, row_mask, cols, n_cols, stride):
+    mask = row_mask[:, None] & (cols[None, :] < n_cols)
+    return tl.load(base + tokens[:, None] * stride + cols[None, :], mask=mask, other=0.0)
+
+
+@_jit
+def _sums(CB, LA, decay_base, steps, valid):
+    """Chunk-local inclusive (``b``) and exclusive (``e``) running sums of the log-decays."""
+    b = tl.load(CB + decay_base + steps, mask=valid, other=0.0)
+    la = tl.load(LA + decay_base + steps, mask=valid, other=0.0)
+    return b, b - la
+
+
+@_jit
+def _intra_mask(i, j, e_i, b_i, e_j, b_j):
+    later = i[:, None] > j[None, :]
+    earlier = i[:, None] < j[None, :]
+    forward = tl.exp(tl.minimum(e_i[:, None] - e_j[None, :], 0.0))
+    backward = tl.exp(tl.minimum(b_j[None, :] - b_i[:, None], 0.0))
+    return tl.where(later, forward, tl.where(earlier, backward, 1.0))
+
+
+@_jit
+def _load_state(STATES, VEC, slot, x_dim, y_dim, offs_d, offs_v, BD: tl.constexpr, HAS_VEC: tl.constexpr):
+    """State ``slot`` of a float32 ``(slots, x_dim, y_dim)`` array, and its vector state (zeros without one)."""
+    mask = (offs_d[:, None] < x_dim) & (offs_v[None, :] < y_dim)
+    state = tl.load(STATES + slot * x_dim * y_dim + offs_d[:, None] * y_dim + offs_v[None, :], mask=mask, other=0.0)
+    vec = tl.zeros((BD,), dtype=tl.float32)
+    if HAS_VEC:
+        vec = tl.load(VEC + slot * x_dim + offs_d, mask=offs_d < x_dim, other=0.0)
+    return state, vec
+
+
+@_jit
+def _meet(q, weight, state, vec, HAS_VEC: tl.constexpr, PRECISION: tl.constexpr):
+    """``(w q) H`` and ``(w q) . z``: what a state and its vector state bring the rows ``q`` meeting them."""
+    qw = (q.to(tl.float32) * weight[:, None]).to(q.dtype)
+    out = tl.dot(qw, state.to(q.dtype), input_precision=PRECISION)
+    den = tl.zeros_like(weight)
+    if HAS_VEC:
+        den = tl.sum(qw.to(tl.float32) * vec[None, :], 1)
+    return out, den
+
+
+@_jit
+def _enter(x, y, weight, column, PRECISION: tl.constexpr):
+    """What rows ``x`` with values ``y`` (and one more value column ``column``) add to a state and its vector
+    state: ``sum_j w_j x_j y_j^T`` and ``sum_j w_j x_j column_j``."""
+    xw = (x.to(tl.float32) * weight[:, None]).to(x.dtype)
+    return tl.dot(tl.trans(xw), y, input_precision=PRECISION), tl.sum(xw.to(tl.float32) * column[:, None], 0)
+
+
+@_jit
+def _entering_rows(x_base, y_base, EXTRA, RS, tokens, valid, real, offs_d, offs_v, x_dim, y_dim, BT: tl.constexpr,
+                   HAS_RS: tl.constexpr, EXTRA_MODE: tl.constexpr):  # fmt: skip
+    """Rows ``x`` and values ``y`` (scaled by ``RS``) about to enter a state, and its extra value column: ones
+    (``EXTRA_MODE`` 1, the normaliser of the forward pass) or ``EXTRA`` (2, the normaliser's gradient)."""
+    x = _load_rows(x_base, tokens, real, offs_d, x_dim, x_dim)
+    y = _load_rows(y_base, tokens, real, offs_v, y_dim, y_dim)
+    if HAS_RS:
+        rs = tl.load(RS + tokens, mask=valid, other=0.0)
+        y = (y.to(tl.float32) * rs[:, None]).to(y.dtype)
+    column = tl.full((BT,), 1.0, tl.float32)
+    if EXTRA_MODE == 2:
+        column = tl.load(EXTRA + tokens, mask=valid, other=0.0)
+    return x, y, column
+
+
+@_jit
+def _intra(q, steps_i, e_i, b_i, c, k_base, v_base, CB, LA, ORDER, KPM, batch, length, decay_base, dim, value_dim,
+           offs_d, offs_v, C: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, HAS_ORDER: tl.constexpr,
+           HAS_KPM: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """Rows ``q`` against the tokens of their own chunk ``c``: ``(q k^T * M) v`` and the row sums of the tiles."""
+    acc = tl.zeros((BT, BV), dtype=tl.float32)
+    den = tl.zeros((BT,), dtype=tl.float32)
+    for sub in range(C // BT):
+        steps_j = c * C + sub * BT + tl.arange(0, BT)
+        tokens_j, valid_j, real_j = _rows(ORDER, KPM, batch, length, steps_j, HAS_ORDER, HAS_KPM)
+        k = _load_rows(k_base, tokens_j, real_j, offs_d, dim, dim)
+        v = _load_rows(v_base, tokens_j, real_j, offs_v, value_dim, value_dim)
+        b_j, e_j = _sums(CB, LA, decay_base, steps_j, valid_j)
+        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        scores = scores * _intra_mask(steps_i, steps_j, e_i, b_i, e_j, b_j)
+        den += tl.sum(scores, 1)
+        acc += tl.dot(scores.to(v.dtype), v, input_precision=PRECISION)
+    return acc, den
+
+
+@_jit
+def _states(
+    X, Y, EXTRA, RS, CB, LA, ORDER, KPM, STATES, VEC,
+    heads, length, chunks, x_dim, y_dim, decay_batch,
+    C: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+    KEY_SIDE: tl.constexpr, HAS_ORDER: tl.constexpr, HAS_KPM: tl.constexpr, HAS_RS: tl.constexpr,
+    EXTRA_MODE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """The state entering every chunk, in direction 0 (from earlier chunks) and 1 (from later ones).
+
+    ``sum_j w_j x_j y_j^T`` over the tokens of the chunks passed, decayed by the chunks between: keys and values
+    (``KEY_SIDE``) give the forward pass's states, queries and output gradients (scaled per row by ``RS``) their
+    gradients. ``EXTRA_MODE``: 0 none, 1 a ones column, 2 the column ``EXTRA``: its state is the vector ``VEC``.
+    """
+    block_v = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    direction = tl.program_id(2)
+    batch = bh // heads
+    padded = chunks * C
+    decay_base = (batch * decay_batch * heads + bh % heads) * padded
+    x_base = X + bh * length * x_dim
+    y_base = Y + bh * length * y_dim
+    offs_d = tl.arange(0, BD)
+    offs_v = block_v * BV + tl.arange(0, BV)
+    state = tl.zeros((BD, BV), dtype=tl.float32)
+    vec = tl.zeros((BD,), dtype=tl.float32)
+    store_mask = (offs_d[:, None] < x_dim) & (offs_v[None, :] < y_dim)
+    for it in range(chunks):
+        c = tl.where(direction == 0, it, chunks - 1 - it)
+        slot = (bh * 2 + direction) * chunks + c
+        tl.store(STATES + slot * x_dim * y_dim + offs_d[:, None] * y_dim + offs_v[None, :], state, mask=store_mask)
+        if EXTRA_MODE != 0:
+            if block_v == 0:
+                tl.store(VEC + slot * x_dim + offs_d, vec, mask=offs_d < x_dim)
+        total = tl.load(CB + decay_base + c * C + C - 1)
+        update = tl.zeros((BD, BV), dtype=tl.float32)
+        vec_update = tl.zeros((BD,), dtype=tl.float32)
+        for sub in range(C // BT):
+            steps = c * C + sub * BT + tl.arange(0, BT)
+            tokens, valid, real = _rows(ORDER, KPM, batch, length, steps, HAS_ORDER, HAS_KPM)
+            x, y, column = _entering_rows(x_base, y_base, EXTRA + bh * length, RS + bh * length, tokens, valid, real,
+                                          offs_d, offs_v, x_dim, y_dim, BT, HAS_RS, EXTRA_MODE)  # fmt: skip
+            b, e = _sums(CB, LA, decay_base, steps, valid)
+            if KEY_SIDE:
+                w = tl.where(direction == 0, tl.exp(total - e), tl.exp(b))
+            else:
+                w = tl.where(direction == 0, tl.exp(total - b), tl.exp(e))
+            part, vec_part = _enter(x, y, w, column, PRECISION)
+            update += part
+            vec_update += vec_part
+        decay = tl.exp(total)
+        state = state * decay + update
+        vec = vec * decay + vec_update
+
+
+@_jit
+def _total(
+    X, Y, EXTRA, RS, KPM, TOTAL, VEC,
+    heads, length, x_dim, y_dim, per_split,
+    BT: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+    HAS_KPM: tl.constexpr, HAS_RS: tl.constexpr, EXTRA_MODE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """No decay (LION-LIT): ``sum_j x_j y_j^T`` over the tokens of one split, one float32 part per split."""
+    block_v = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    split = tl.program_id(2)
+    splits = tl.num_programs(2)
+    batch = bh // heads
+    x_base = X + bh * length * x_dim
+    y_base = Y + bh * length * y_dim
+    offs_d = tl.arange(0, BD)
+    offs_v = block_v * BV + tl.arange(0, BV)
+    part = tl.zeros((BD, BV), dtype=tl.float32)
+    vec = tl.zeros((BD,), dtype=tl.float32)
+    ones = tl.full((BT,), 1.0, tl.float32)
+    for block in range(per_split):
+        steps = (split * per_split + block) * BT + tl.arange(0, BT)
+        tokens, valid, real = _rows(KPM, KPM, batch, length, steps, False, HAS_KPM)
+        x, y, column = _entering_rows(x_base, y_base, EXTRA + bh * length, RS + bh * length, tokens, valid, real,
+                                      offs_d, offs_v, x_dim, y_dim, BT, HAS_RS, EXTRA_MODE)  # fmt: skip
+        matrix, vector = _enter(x, y, ones, column, PRECISION)
+        part += matrix
+        vec += vector
+    slot = bh * splits + split
+    mask = (offs_d[:, None] < x_dim) & (offs_v[None, :] < y_dim)
+    tl.store(TOTAL + slot * x_dim * y_dim + offs_d[:, None] * y_dim + offs_v[None, :], part, mask=mask)
+    if EXTRA_MODE != 0:
+        if block_v == 0:
+            tl.store(VEC + slot * x_dim + offs_d, vec, mask=offs_d < x_dim)
+
+
+@_jit
+def _output(
+    Q, K, V, CB, LA, ORDER, KPM, STATES, VEC, OUT, ACC, DEN, MEAN_DEN,
+    heads, length, chunks, dim, value_dim, decay_batch, paths, eps,
+    C: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+    HAS_DECAY: tl.constexpr, HAS_ORDER: tl.constexpr, HAS_KPM: tl.constexpr, NORMALIZE: tl.constexpr,
+    FIRST: tl.constexpr, LAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """One path's contribution to one block of query rows; the last path normalises and writes the output.
+
+    ``ACC``/``DEN`` carry the numerator and the row sums between the paths' launches (float32); ``MEAN_DEN``
+    keeps the final row sums (mean over paths) for the backward pass.
+    """
+    block = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    batch = bh // heads
+    padded = chunks * C
+    c = (block * BT) // C
+    offs_d = tl.arange(0, BD)
+    offs_v = tl.arange(0, BV)
+    steps_i = block * BT + tl.arange(0, BT)
+    tokens_i, valid_i, _ = _rows(ORDER, KPM, batch, length, steps_i, HAS_ORDER, False)
+    q = _load_rows(Q + bh * length * dim, tokens_i, valid_i, offs_d, dim, dim)
+    if HAS_DECAY:
+        decay_base = (batch * decay_batch * heads + bh % heads) * padded
+        b_i, e_i = _sums(CB, LA, decay_base, steps_i, valid_i)
+        acc, den = _intra(q, steps_i, e_i, b_i, c, K + bh * length * dim, V + bh * length * value_dim, CB, LA,
+                          ORDER, KPM, batch, length, decay_base, dim, value_dim, offs_d, offs_v,
+                          C, BT, BV, HAS_ORDER, HAS_KPM, PRECISION)  # fmt: skip
+        total = tl.load(CB + decay_base + c * C + C - 1)
+        # The forward state (slot 0) meets a query decayed from its chunk's start, the backward one from its end.
+        for slot_dir in tl.static_range(2):
+            if slot_dir == 0:
+                weight = tl.exp(e_i)
+            else:
+                weight = tl.exp(total - b_i)
+            state, vec = _load_state(STATES, VEC, (bh * 2 + slot_dir) * chunks + c, dim, value_dim, offs_d, offs_v,
+                                     BD, NORMALIZE)  # fmt: skip
+            part, part_den = _meet(q, weight, state, vec, NORMALIZE, PRECISION)
+            acc += part
+            den += part_den
+    else:
+        state, vec = _load_state(STATES, VEC, bh, dim, value_dim, offs_d, offs_v, BD, NORMALIZE)
+        acc, den = _meet(q, tl.full((BT,), 1.0, tl.float32), state, vec, NORMALIZE, PRECISION)
+    rows = bh * length + tokens_i
+    out_mask = valid_i[:, None] & (offs_v[None, :] < value_dim)
+    acc_ptrs = ACC + rows[:, None] * value_dim + offs_v[None, :]
+    if not FIRST:
+        acc += tl.load(acc_ptrs, mask=out_mask, other=0.0)
+        if NORMALIZE:
+            den += tl.load(DEN + rows, mask=valid_i, other=0.0)
+    if LAST:
+        out = acc / paths
+        if NORMALIZE:
+            mean_den = den / paths
+            out = out / (mean_den + eps)[:, None]
+            tl.store(MEAN_DEN + rows, mean_den, mask=valid_i)
+        tl.store(OUT + rows[:, None] * value_dim + offs_v[None, :], out, mask=out_mask)
+    else:
+        tl.store(acc_ptrs, acc, mask=out_mask)
+        if NORMALIZE:
+            tl.store(DEN + rows, den, mask=valid_i)
+
+
+@_jit
+def _state_gradient(rows_x, rows_y, g0, weight, state, vec, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr):
+    """``w (y H^T + g0 z)``: what a state ``H`` (vector state ``z``) sends back to the rows ``x`` that met it,
+    and ``x . grad``: the sum over the row of ``dA * A`` for the entries the state stands for."""
+    grad = tl.dot(rows_y, tl.trans(state.to(rows_y.dtype)), input_precision=PRECISION)
+    if NORMALIZE:
+        grad += g0[:, None] * vec[None, :]
+    grad = grad * weight[:, None]
+    return grad, tl.sum(rows_x.to(tl.float32) * grad, 1)
+
+
+@_jit
+def _gradient_rows(steps, q_base, k_base, v_base, g_base, RS, DD, ORDER, KPM, batch, length, dim, value_dim, offs_d,
+                   offs_v, BT: tl.constexpr, HAS_ORDER: tl.constexpr, HAS_KPM: tl.constexpr,
+                   NORMALIZE: tl.constexpr):  # fmt: skip
+    """A block of rows as the gradient kernel reads them: q, k, v (padded keys zero), ``g = RS * G`` and ``g0``."""
+    tokens, valid, real = _rows(ORDER, KPM, batch, length, steps, HAS_ORDER, HAS_KPM)
+    q = _load_rows(q_base, tokens, valid, offs_d, dim, dim)
+    k = _load_rows(k_base, tokens, real, offs_d, dim, dim)
+    v = _load_rows(v_base, tokens, real, offs_v, value_dim, value_dim)
+    rs = tl.load(RS + tokens, mask=valid, other=0.0)
+    g = (_load_rows(g_base, tokens, valid, offs_v, value_dim, value_dim).to(tl.float32) * rs[:, None]).to(v.dtype)
+    g0 = tl.zeros((BT,), dtype=tl.float32)
+    if NORMALIZE:
+        g0 = tl.load(DD + tokens, mask=valid, other=0.0)
+    return tokens, valid, real, q, k, v, g, g0
+
+
+@_jit
+def _gradients(
+    Q, K, V, G, RS, DD, CB, LA, ORDER, KPM, STATES, VEC, GSTATES, GVEC,
+    DQ, DK, DV, DQ_ACC, DK_ACC, DV_ACC, DE, DB,
+    heads, length, chunks, dim, value_dim, decay_batch,
+    C: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+    HAS_DECAY: tl.constexpr, HAS_ORDER: tl.constexpr, HAS_KPM: tl.constexpr, NORMALIZE: tl.constexpr,
+    FIRST: tl.constexpr, LAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """One path's dq (rows as queries), dk and dv (rows as keys) of one block of rows, and with decays the
+    per-token sums of ``P = dA * A`` that give the log-decay gradients: ``DE = sum_(j<i) P_ij - sum_(i>j) P_ij``
+    (row i, column i) and ``DB = sum_(i<j) P_ij - sum_(j>i) P_ij``.
+
+    ``dA_ij = g_i . v_j + g0_i`` with ``g = RS * G`` (the gradient of this path's numerator) and ``g0 = DD`` (of its
+    row sums, with ``NORMALIZE``).
+    """
+    block = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    batch = bh // heads
+    padded = chunks * C
+    c = (block * BT) // C
+    offs_d = tl.arange(0, BD)
+    offs_v = tl.arange(0, BV)
+    q_base = Q + bh * length * dim
+    k_base = K + bh * length * dim
+    v_base = V + bh * length * value_dim
+    g_base = G + bh * length * value_dim
+    ones = tl.full((BT,), 1.0, tl.float32)
+    steps_t = block * BT + tl.arange(0, BT)
+    tokens_t, valid_t, real_t, q_t, k_t, v_t, g_t, g0_t = _gradient_rows(
+        steps_t, q_base, k_base, v_base, g_base, RS + bh * length, DD + bh * length, ORDER, KPM, batch, length,
+        dim, value_dim, offs_d, offs_v, BT, HAS_ORDER, HAS_KPM, NORMALIZE,
+    )
+    if HAS_DECAY:
+        decay_base = (batch * decay_batch * heads + bh % heads) * padded
+        b_t, e_t = _sums(CB, LA, decay_base, steps_t, valid_t)
+        total = tl.load(CB + decay_base + c * C + C - 1)
+        dq = tl.zeros((BT, BD), dtype=tl.float32)
+        dk = tl.zeros((BT, BD), dtype=tl.float32)
+        dv = tl.zeros((BT, BV), dtype=tl.float32)
+        row_before = tl.zeros((BT,), dtype=tl.float32)  # sum_(j<i) P_ij, i in this block
+        row_after = tl.zeros((BT,), dtype=tl.float32)  # sum_(j>i) P_ij
+        col_after = tl.zeros((BT,), dtype=tl.float32)  # sum_(i>j) P_ij, j in this block
+        col_before = tl.zeros((BT,), dtype=tl.float32)  # sum_(i<j) P_ij
+        for sub in range(C // BT):
+            steps_u = c * C + sub * BT + tl.arange(0, BT)
+            tokens_u, valid_u, real_u, q_u, k_u, v_u, g_u, g0_u = _gradient_rows(
+                steps_u, q_base, k_base, v_base, g_base, RS + bh * length, DD + bh * length, ORDER, KPM, batch,
+                length, dim, value_dim, offs_d, offs_v, BT, HAS_ORDER, HAS_KPM, NORMALIZE,
+            )
+            b_u, e_u = _sums(CB, LA, decay_base, steps_u, valid_u)
+            # This block's rows as queries, block u's as keys.
+            mask = _intra_mask(steps_t, steps_u, e_t, b_t, e_u, b_u)
+            scores = tl.dot(q_t, tl.trans(k_u), input_precision=PRECISION)
+            grad_scores = (tl.dot(g_t, tl.trans(v_u), input_precision=PRECISION) + g0_t[:, None]) * mask
+            dq += tl.dot(grad_scores.to(k_u.dtype), k_u, input_precision=PRECISION)
+            p = grad_scores * scores
+            row_before += tl.sum(tl.where(steps_t[:, None] > steps_u[None, :], p, 0.0), 1)
+            row_after += tl.sum(tl.where(steps_t[:, None] < steps_u[None, :], p, 0.0), 1)
+            # Block u's rows as queries, this block's as keys.
+            mask = _intra_mask(steps_u, steps_t, e_u, b_u, e_t, b_t)
+            scores = tl.dot(q_u, tl.trans(k_t), input_precision=PRECISION)
+            grad_scores = (tl.dot(g_u, tl.trans(v_t), input_precision=PRECISION) + g0_u[:, None]) * mask
+            dk += tl.dot(tl.trans(grad_scores.to(q_u.dtype)), q_u, input_precision=PRECISION)
+            dv += tl.dot(tl.trans((scores * mask).to(g_u.dtype)), g_u, input_precision=PRECISION)
+            p = grad_scores * scores
+            col_after += tl.sum(tl.where(steps_u[:, None] > steps_t[None, :], p, 0.0), 0)
+            col_before += tl.sum(tl.where(steps_u[:, None] < steps_t[None, :], p, 0.0), 0)
+        for slot_dir in tl.static_range(2):
+            slot = (bh * 2 + slot_dir) * chunks + c
+            # Queries met the forward state (slot 0, weight exp(e)) and the backward one (slot 1, exp(T - b)) ...
+            if slot_dir == 0:
+                weight = tl.exp(e_t)
+            else:
+                weight = tl.exp(total - b_t)
+            state, vec = _load_state(STATES, VEC, slot, dim, value_dim, offs_d, offs_v, BD, NORMALIZE)
+            grad, sums = _state_gradient(q_t, g_t, g0_t, weight, state, vec, NORMALIZE, PRECISION)
+            dq += grad
+            # ... and keys entered the states whose gradients come from earlier queries (gradient slot 0, through
+            # the backward state, weight exp(b)) and from later ones (slot 1, the forward state, exp(T - e)).
+            if slot_dir == 0:
+                row_before += sums
+                weight = tl.exp(b_t)
+            else:
+                row_after += sums
+                weight = tl.exp(total - e_t)
+            state, vec = _load_state(GSTATES, GVEC, slot, dim, value_dim, offs_d, offs_v, BD, NORMALIZE)
+            grad, sums = _state_gradient(k_t, v_t, ones, weight, state, vec, NORMALIZE, PRECISION)
+            dk += grad
+            dv += _meet(k_t, weight, state, vec, False, PRECISION)[0]
+            if slot_dir == 0:
+                col_before += sums
+            else:
+                col_after += sums
+        tl.store(DE + bh * padded + steps_t, row_before - col_after, mask=valid_t)
+        tl.store(DB + bh * padded + steps_t, col_before - row_after, mask=valid_t)
+    else:
+        state, vec = _load_state(STATES, VEC, bh, dim, value_dim, offs_d, offs_v, BD, NORMALIZE)
+        dq, _ = _state_gradient(q_t, g_t, g0_t, ones, state, vec, NORMALIZE, PRECISION)
+        state, vec = _load_state(GSTATES, GVEC, bh, dim, value_dim, offs_d, offs_v, BD, NORMALIZE)
+        dk, _ = _state_gradient(k_t, v_t, ones, ones, state, vec, NORMALIZE, PRECISION)
+        dv = _meet(k_t, ones, state, vec, False, PRECISION)[0]
+    # Padded keys were selected away: nothing flows back to them.
+    dk = tl.where(real_t[:, None], dk, 0.0)
+    dv = tl.where(real_t[:, None], dv, 0.0)
+    rows = bh * length + tokens_t
+    d_mask = valid_t[:, None] & (offs_d[None, :] < dim)
+    v_mask = valid_t[:, None] & (offs_v[None, :] < value_dim)
+    dq_acc = DQ_ACC + rows[:, None] * dim + offs_d[None, :]
+    dk_acc = DK_ACC + rows[:, None] * dim + offs_d[None, :]
+    dv_acc = DV_ACC + rows[:, None] * value_dim + offs_v[None, :]
+    if not FIRST:
+        dq += tl.load(dq_acc, mask=d_mask, other=0.0)
+        dk += tl.load(dk_acc, mask=d_mask, other=0.0)
+        dv += tl.load(dv_acc, mask=v_mask, other=0.0)
+    if LAST:
+        tl.store(DQ + rows[:, None] * dim + offs_d[None, :], dq, mask=d_mask)
+        tl.store(DK + rows[:, None] * dim + offs_d[None, :], dk, mask=d_mask)
+        tl.store(DV + rows[:, None] * value_dim + offs_v[None, :], dv, mask=v_mask)
+    else:
+        tl.store(dq_acc, dq, mask=d_mask)
+        tl.store(dk_acc, dk, mask=d_mask)
+        tl.store(dv_acc, dv, mask=v_mask)
+
+
+@_jit
+def _row_dot(A, B, SCALE, OUT, n_rows, n_cols, BR: tl.constexpr, BC: tl.constexpr):
+    """``OUT = -SCALE * rowsum(A * B)`` in float32: the gradient of the row sums of a normalised output."""
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    cols = tl.arange(0, BC)
+    mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+    a = tl.load(A + rows[:, None] * n_cols + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(B + rows[:, None] * n_cols + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    scale = tl.load(SCALE + rows, mask=rows < n_rows, other=0.0)
+    tl.store(OUT + rows, -scale * tl.sum(a * b, 1), mask=rows < n_rows)
+
+
+@_jit
+def _recurrent(
+    Q, K, V, CB, LA, ORDER, KPM, OUT, ACC, DEN,
+    heads, length, chunks, dim, value_dim, decay_batch, paths, eps,
+    C: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+    HAS_ORDER: tl.constexpr, HAS_KPM: tl.constexpr, NORMALIZE: tl.constexpr,
+    FIRST: tl.constexpr, LAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """The bidirectional RNN over chunks for one head and block of value columns, its state in registers.
+
+    Sweep 1 (last chunk to first) leaves every token what the backward state brings it in ``ACC`` (the output
+    itself for a single path) and ``DEN``; sweep 2 (first to last) adds the chunk's own tokens and the forward
+    state, and the last path normalises. The state a token meets is the one entering its chunk, so each chunk
+    is read before the state takes it in.
+    """
+    block_v = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    batch = bh // heads
+    padded = chunks * C
+    decay_base = (batch * decay_batch * heads + bh % heads) * padded
+    q_base = Q + bh * length * dim
+    k_base = K + bh * length * dim
+    v_base = V + bh * length * value_dim
+    den_base = DEN + (block_v * tl.num_programs(1) + bh) * length
+    offs_d = tl.arange(0, BD)
+    offs_v = block_v * BV + tl.arange(0, BV)
+    ones = tl.full((BT,), 1.0, tl.float32)
+    for sweep in tl.static_range(2):
+        state = tl.zeros((BD, BV), dtype=tl.float32)
+        vec = tl.zeros((BD,), dtype=tl.float32)
+        for it in range(chunks):
+            c = chunks - 1 - it if sweep == 0 else it
+            total = tl.load(CB + decay_base + c * C + C - 1)
+            update = tl.zeros((BD, BV), dtype=tl.float32)
+            vec_update = tl.zeros((BD,), dtype=tl.float32)
+            for sub in range(C // BT):
+                steps = c * C + sub * BT + tl.arange(0, BT)
+                tokens, valid, real = _rows(ORDER, KPM, batch, length, steps, HAS_ORDER, HAS_KPM)
+                q = _load_rows(q_base, tokens, valid, offs_d, dim, dim)
+                b, e = _sums(CB, LA, decay_base, steps, valid)
+                rows = bh * length + tokens
+                out_mask = valid[:, None] & (offs_v[None, :] < value_dim)
+                acc_ptrs = ACC + rows[:, None] * value_dim + offs_v[None, :]
+                if sweep == 0:
+                    acc, den = _meet(q, tl.exp(total - b), state, vec, NORMALIZE, PRECISION)
+                    if not FIRST:
+                        acc += tl.load(acc_ptrs, mask=out_mask, other=0.0)
+                        if NORMALIZE:
+                            den += tl.load(den_base + tokens, mask=valid, other=0.0)
+                    tl.store(acc_ptrs, acc, mask=out_mask)
+                    if NORMALIZE:
+                        tl.store(den_base + tokens, den, mask=valid)
+                    entering = tl.exp(b)
+                else:
+                    acc, den = _intra(q, steps, e, b, c, k_base, v_base, CB, LA, ORDER, KPM, batch, length,
+                                      decay_base, dim, value_dim, offs_d, offs_v, C, BT, BV, HAS_ORDER, HAS_KPM,
+                                      PRECISION)  # fmt: skip
+                    part, part_den = _meet(q, tl.exp(e), state, vec, NORMALIZE, PRECISION)
+                    acc += part + tl.load(acc_ptrs, mask=out_mask, other=0.0).to(tl.float32)
+                    den += part_den
+                    if NORMALIZE:
+                        den += tl.load(den_base + tokens, mask=valid, other=0.0)
+                    if LAST:
+                        out = acc / paths
+                        if NORMALIZE:
+                            out = out / (den / paths + eps)[:, None]
+                        tl.store(OUT + rows[:, None] * value_dim + offs_v[None, :], out, mask=out_mask)
+                    else:
+                        tl.store(acc_ptrs, acc, mask=out_mask)
+                        if NORMALIZE:
+                            tl.store(den_base + tokens, den, mask=valid)
+                    entering = tl.exp(total - e)
+                k = _load_rows(k_base, tokens, real, offs_d, dim, dim)
+                v = _load_rows(v_base, tokens, real, offs_v, value_dim, value_dim)
+                part, vec_part = _enter(k, v, entering, ones, PRECISION)
+                update += part
+                vec_update += vec_part
+            state = state * tl.exp(total) + update
+            vec = vec * tl.exp(total) + vec_update
+        tl.debug_barrier()  # sweep 2 reads what other threads of this program stored in sweep 1
+
+
+# ------------------------------------------------------------------------------------------ launches
+
+
+def _block(dim: int) -> int:
+    return max(16, triton.next_power_of_2(dim))
+
+
+def _precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _warps(rows: int) -> int:
+    return 8 if rows >= 64 else 4
+
+
+class _Path:
+    """One path's decays as the kernels read them: padded to whole chunks, with chunk-local running sums."""
+
+    def __init__(self, log_decay: torch.Tensor, order: torch.Tensor | None, chunk: int):
+        decay_batch, heads, length = log_decay.shape
+        padded = -(-length // chunk) * chunk
+        # Padded steps have decay 1 (log 0): the last entry of every chunk is then its total.
+        self.log_decay = torch.nn.functional.pad(log_decay, (0, padded - length)).contiguous()
+        self.sums = self.log_decay.view(decay_batch, heads, padded // chunk, chunk).cumsum(-1).view_as(self.log_decay)
+        self.order = order if order.numel() else None
+        self.batch_stride = 1 if decay_batch > 1 else 0
+        self.chunks = padded // chunk
+
+
+def _states_of(x, y, path, chunk, *, key_side, kpm, rs, extra, extra_mode):
+    """The states entering every chunk, both directions: ``(B*H, 2, chunks, Dx, Dy)`` and the vector states."""
+    batch, heads, length, x_dim = x.shape
+    y_dim = y.shape[-1]
+    states = x.new_empty(batch * heads, 2, path.chunks, x_dim, y_dim, dtype=torch.float32)
+    vec = x.new_empty(batch * heads, 2, path.chunks, x_dim, dtype=torch.float32)
+    block_v = min(_block(y_dim), 32)
+    grid = (triton.cdiv(y_dim, block_v), batch * heads, 2)
+    rows = min(chunk, _ROWS)
+    _states[grid](
+        x, y, extra if extra is not None else x, rs if rs is not None else x, path.sums, path.log_decay,
+        path.order if path.order is not None else x, kpm if kpm is not None else x, states, vec,
+        heads, length, path.chunks, x_dim, y_dim, path.batch_stride,
+        C=chunk, BT=rows, BD=_block(x_dim), BV=block_v, KEY_SIDE=key_side, HAS_ORDER=path.order is not None,
+        HAS_KPM=kpm is not None, HAS_RS=rs is not None, EXTRA_MODE=extra_mode, PRECISION=_precision(x.dtype),
+        num_warps=4,
+    )
+    return states, vec
+
+
+def _total_of(x, y, *, kpm, rs, extra, extra_mode):
+    """LION-LIT's one state ``sum_j x_j y_j^T`` per head ``(B*H, Dx, Dy)`` and its vector state."""
+    batch, heads, length, x_dim = x.shape
+    y_dim = y.shape[-1]
+    rows = _ROWS
+    blocks = triton.cdiv(length, rows)
+    block_v = min(_block(y_dim), 32)
+    columns = triton.cdiv(y_dim, block_v)
+    # Enough programs for every multiprocessor a few times over; the parts are summed below.
+    per_split = triton.cdiv(blocks, max(1, 512 // (batch * heads * columns)))
+    splits = triton.cdiv(blocks, per_split)
+    parts = x.new_empty(batch * heads, splits, x_dim, y_dim, dtype=torch.float32)
+    vec = x.new_zeros(batch * heads, splits, x_dim, dtype=torch.float32)
+    _total[(columns, batch * heads, splits)](
+        x, y, extra if extra is not None else x, rs if rs is not None else x, kpm if kpm is not None else x,
+        parts, vec, heads, length, x_dim, y_dim, per_split,
+        BT=rows, BD=_block(x_dim), BV=block_v, HAS_KPM=kpm is not None, HAS_RS=rs is not None,
+        EXTRA_MODE=extra_mode, PRECISION=_precision(x.dtype), num_warps=4,
+    )
+    return parts.sum(1), vec.sum(1)
+
+
+def _forward(q, k, v, log_decays, orders, kpm, chunk, normalize, eps):
+    batch, heads, length, dim = q.shape
+    value_dim = v.shape[-1]
+    out = torch.empty(batch, heads, length, value_dim, dtype=q.dtype, device=q.device)
+    mean_den = q.new_empty((batch, heads, length) if normalize else (0,), dtype=torch.float32)
+    rows = min(chunk, _ROWS)
+    common = dict(BT=rows, BD=_block(dim), BV=_block(value_dim), HAS_KPM=kpm is not None, NORMALIZE=normalize,
+                  PRECISION=_precision(q.dtype), num_warps=_warps(rows))  # fmt: skip
+    if not log_decays:
+        total, vec = _total_of(k, v, kpm=kpm, rs=None, extra=None, extra_mode=1 if normalize else 0)
+        grid = (triton.cdiv(length, rows), batch * heads)
+        _output[grid](
+            q, k, v, q, q, q, kpm if kpm is not None else q, total, vec, out, out, mean_den, mean_den,
+            heads, length, 1, dim, value_dim, 0, 1, eps,
+            C=rows, HAS_DECAY=False, HAS_ORDER=False, FIRST=True, LAST=True, **common,
+        )
+        return out, mean_den
+    paths = len(log_decays)
+    acc = out if paths == 1 else torch.empty(out.shape, dtype=torch.float32, device=q.device)
+    den = mean_den if paths == 1 or not normalize else torch.empty_like(mean_den)
+    for index, (log_decay, order) in enumerate(zip(log_decays, orders)):
+        path = _Path(log_decay, order, chunk)
+        order = path.order
+        states, vec = _states_of(k, v, path, chunk, key_side=True, kpm=kpm, rs=None, extra=None,
+                                 extra_mode=1 if normalize else 0)  # fmt: skip
+        _output[(path.chunks * chunk // rows, batch * heads)](
+            q, k, v, path.sums, path.log_decay, order if order is not None else q, kpm if kpm is not None else q,
+            states, vec, out, acc, den, mean_den,
+            heads, length, path.chunks, dim, value_dim, path.batch_stride, paths, eps,
+            C=chunk, HAS_DECAY=True, HAS_ORDER=order is not None, FIRST=index == 0, LAST=index == paths - 1, **common,
+        )
+    return out, mean_den
+
+
+def _decay_gradient(d_exclusive, d_inclusive, length, decay_batch):
+    """``d log a_t = sum_(x>t) DE_x + sum_(x>=t) DB_x`` along the path (``DE``/``DB``: gradients of the exclusive
+    and inclusive running sums of the whole path), summed over a batch the decay is shared across."""
+    d_exclusive = d_exclusive[..., :length].double()
+    d_inclusive = d_inclusive[..., :length].double()
+    grad = d_exclusive.flip(-1).cumsum(-1).flip(-1) - d_exclusive + d_inclusive.flip(-1).cumsum(-1).flip(-1)
+    if decay_batch == 1:
+        grad = grad.sum(0, keepdim=True)
+    return grad.float()
+
+
+def _backward(grad, q, k, v, out, mean_den, log_decays, orders, kpm, chunk, normalize, eps):
+    batch, heads, length, dim = q.shape
+    value_dim = v.shape[-1]
+    grad = grad.contiguous()
+    paths = max(1, len(log_decays))
+    # The gradient of one path's numerator is grad * rs; with normalize, that of its row sums is dd.
+    if normalize:
+        rs = 1.0 / (paths * (mean_den + eps))
+        dd = torch.empty_like(rs)
+        rows = 32
+        _row_dot[(triton.cdiv(batch * heads * length, rows),)](
+            grad, out, rs, dd, batch * heads * length, value_dim, BR=rows, BC=_block(value_dim), num_warps=4
+        )
+    else:
+        rs = torch.full((batch, heads, length), 1.0 / paths, dtype=torch.float32, device=q.device)
+        dd = rs
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    rows = min(chunk, _ROWS)
+    common = dict(BT=rows, BD=_block(dim), BV=_block(value_dim), HAS_KPM=kpm is not None, NORMALIZE=normalize,
+                  PRECISION=_precision(q.dtype), num_warps=_warps(rows))  # fmt: skip
+    extra_mode = 2 if normalize else 0
+    if not log_decays:
+        total, vec = _total_of(k, v, kpm=kpm, rs=None, extra=None, extra_mode=1 if normalize else 0)
+        gtotal, gvec = _total_of(q, grad, kpm=None, rs=rs, extra=dd, extra_mode=extra_mode)
+        _gradients[(triton.cdiv(length, rows), batch * heads)](
+            q, k, v, grad, rs, dd, q, q, q, kpm if kpm is not None else q, total, vec, gtotal, gvec,
+            dq, dk, dv, dq, dk, dv, q, q, heads, length, 1, dim, value_dim, 0,
+            C=rows, HAS_DECAY=False, HAS_ORDER=False, FIRST=True, LAST=True, **common,
+        )
+        return dq, dk, dv, []
+    if paths == 1:
+        accumulators = (dq, dk, dv)
+    else:
+        accumulators = tuple(torch.empty(t.shape, dtype=torch.float32, device=q.device) for t in (dq, dk, dv))
+    decay_grads = []
+    for index, (log_decay, order) in enumerate(zip(log_decays, orders)):
+        path = _Path(log_decay, order, chunk)
+        order = path.order
+        states, vec = _states_of(k, v, path, chunk, key_side=True, kpm=kpm, rs=None, extra=None,
+                                 extra_mode=1 if normalize else 0)  # fmt: skip
+        gstates, gvec = _states_of(q, grad, path, chunk, key_side=False, kpm=None, rs=rs, extra=dd,
+                                   extra_mode=extra_mode)  # fmt: skip
+        d_exclusive = torch.empty(batch, heads, path.chunks * chunk, dtype=torch.float32, device=q.device)
+        d_inclusive = torch.empty_like(d_exclusive)
+        _gradients[(path.chunks * chunk // rows, batch * heads)](
+            q, k, v, grad, rs, dd, path.sums, path.log_decay, order if order is not None else q,
+            kpm if kpm is not None else q, states, vec, gstates, gvec,
+            dq, dk, dv, *accumulators, d_exclusive, d_inclusive,
+            heads, length, path.chunks, dim, value_dim, path.batch_stride,
+            C=chunk, HAS_DECAY=True, HAS_ORDER=order is not None, FIRST=index == 0, LAST=index == paths - 1, **common,
+        )
+        decay_grads.append(_decay_gradient(d_exclusive, d_inclusive, length, log_decay.shape[0]))
+    return dq, dk, dv, decay_grads
+
+
+def _recurrent_forward(q, k, v, log_decays, orders, kpm, chunk, normalize, eps):
+    batch, heads, length, dim = q.shape
+    value_dim = v.shape[-1]
+    out = torch.empty(batch, heads, length, value_dim, dtype=q.dtype, device=q.device)
+    paths = len(log_decays)
+    # A single path keeps what sweep 1 leaves each token in the output itself; several add up in float32.
+    acc = out if paths == 1 else torch.empty(out.shape, dtype=torch.float32, device=q.device)
+    block_v = min(_block(value_dim), 64)
+    columns = triton.cdiv(value_dim, block_v)
+    den = q.new_empty((columns, batch * heads, length) if normalize else (0,), dtype=torch.float32)
+    rows = min(chunk, _ROWS)
+    for index, (log_decay, order) in enumerate(zip(log_decays, orders)):
+        path = _Path(log_decay, order, chunk)
+        order = path.order
+        _recurrent[(columns, batch * heads)](
+            q, k, v, path.sums, path.log_decay, order if order is not None else q, kpm if kpm is not None else q,
+            out, acc, den, heads, length, path.chunks, dim, value_dim, path.batch_stride, paths, eps,
+            C=chunk, BT=rows, BD=_block(dim), BV=block_v, HAS_ORDER=order is not None, HAS_KPM=kpm is not None,
+            NORMALIZE=normalize, FIRST=index == 0, LAST=index == paths - 1, PRECISION=_precision(q.dtype),
+            num_warps=_warps(rows),
+        )
+    return out
+
+
+# -------------------------------------------------------------------------- custom operators (torch.compile)
+
+
+@torch.library.custom_op("lion_hf::chunk_attention", mutates_args=())
+def _chunk_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decays: list[torch.Tensor],
+    orders: list[torch.Tensor], key_padding_mask: torch.Tensor | None, chunk_size: int, normalize: bool,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output and (with ``normalize``; else empty) the row sums averaged over paths, kept for backward."""
+    return _forward(q, k, v, log_decays, orders, key_padding_mask, chunk_size, normalize, eps)
+
+
+@_chunk_attention.register_fake
+def _(q, k, v, log_decays, orders, key_padding_mask, chunk_size, normalize, eps):
+    out = q.new_empty(*q.shape[:3], v.shape[-1])
+    return out, q.new_empty(q.shape[:3] if normalize else (0,), dtype=torch.float32)
+
+
+@torch.library.custom_op("lion_hf::chunk_attention_backward", mutates_args=())
+def _chunk_attention_backward(
+    grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+    mean_den: torch.Tensor, log_decays: list[torch.Tensor], orders: list[torch.Tensor],
+    key_padding_mask: torch.Tensor | None, chunk_size: int, normalize: bool, eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    return _backward(grad, q, k, v, out, mean_den, log_decays, orders, key_padding_mask, chunk_size, normalize, eps)
+
+
+@_chunk_attention_backward.register_fake
+def _(grad, q, k, v, out, mean_den, log_decays, orders, key_padding_mask, chunk_size, normalize, eps):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), [torch.empty_like(d) for d in log_decays]
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, log_decays, orders, key_padding_mask, chunk_size, normalize, eps = inputs
+    out, mean_den = output
+    ctx.mark_non_differentiable(mean_den)
+    ctx.save_for_backward(q, k, v, out, mean_den, *log_decays)
+    ctx.orders, ctx.key_padding_mask = orders, key_padding_mask
+    ctx.options = (chunk_size, normalize, eps)
+
+
+def _chunk_attention_grad(ctx, grad, grad_mean_den):
+    q, k, v, out, mean_den, *log_decays = ctx.saved_tensors
+    dq, dk, dv, decay_grads = _chunk_attention_backward(
+        grad, q, k, v, out, mean_den, log_decays, ctx.orders, ctx.key_padding_mask, *ctx.options
+    )
+    return dq, dk, dv, decay_grads, [None] * len(ctx.orders), None, None, None, None
+
+
+_chunk_attention.register_autograd(_chunk_attention_grad, setup_context=_setup_context)
+
+
+@torch.library.custom_op("lion_hf::recurrent_attention", mutates_args=())
+def _recurrent_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decays: list[torch.Tensor],
+    orders: list[torch.Tensor], key_padding_mask: torch.Tensor | None, chunk_size: int, normalize: bool,
+    eps: float,
+) -> torch.Tensor:
+    return _recurrent_forward(q, k, v, log_decays, orders, key_padding_mask, chunk_size, normalize, eps)
+
+
+@_recurrent_attention.register_fake
+def _(q, k, v, log_decays, orders, key_padding_mask, chunk_size, normalize, eps):
+    return q.new_empty(*q.shape[:3], v.shape[-1])
+
+
+# ------------------------------------------------------------------------------ the dispatch's entries
+
+
+def unsupported(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_padding_mask, dropout_p) -> str | None:
+    """Why the fused kernels cannot run these inputs, or ``None``."""
+    if triton is None:
+        return "Triton is not installed"
+    if q.device.type == "cpu":
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            return "CPU tensors (the kernels run on CUDA, or on the CPU under TRITON_INTERPRET=1)"
+        if not _INTERPRETED:
+            return "TRITON_INTERPRET=1 was set after lion_triton_chunk was imported; the kernels were built for the GPU"
+    elif q.device.type != "cuda":
+        return f"tensors on {q.device.type}, not CUDA"
+    elif _INTERPRETED:
+        return "the kernels were built for the interpreter (TRITON_INTERPRET=1), not the GPU"
+    if q.dtype not in _DTYPES:
+        return f"dtype {q.dtype} (supported: float32, bfloat16)"
+    if max(q.shape[-1], v.shape[-1]) > MAX_HEAD_DIM:
+        return f"head dims {q.shape[-1]}/{v.shape[-1]} (supported: up to {MAX_HEAD_DIM})"
+    if chunk_size not in CHUNK_SIZES:
+        return f"chunk_size {chunk_size} (supported: {', '.join(map(str, CHUNK_SIZES))})"
+    if dropout_p > 0.0:
+        return "score dropout (only the parallel form has it)"
+    return None
+
+
+def _operator_arguments(log_decays, orders):
+    """Decays as the operators take them: per path, in path order, float32, clamped (differentiably, outside);
+    orders as tensors, empty for the natural order (the operators' schema has no optional list entries)."""
+    if log_decays is None:
+        return [], []
+    paths, steps = [], []
+    for log_decay, order in zip(log_decays, orders):
+        along = log_decay if order is None else log_decay[..., order]
+        paths.append(along.float().clamp(min=_MIN_LOG_DECAY).contiguous())
+        steps.append(order if order is not None else log_decay.new_empty(0, dtype=torch.long))
+    return paths, steps
+
+
+def chunk_form(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_padding_mask, dropout_p):
+    decays, orders = _operator_arguments(log_decays, orders)
+    kpm = None if key_padding_mask is None else key_padding_mask.to(torch.int8).contiguous()
+    return _chunk_attention(q, k, v, decays, orders, kpm, chunk_size, normalize, eps)[0]
+
+
+def recurrent_form(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_padding_mask, dropout_p):
+    """The RNN kernel for inference; with gradients to compute (or no decay) the chunk kernels."""
+    needs_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (q, k, v, *(log_decays if log_decays is not None else ()))
+    )
+    if needs_grad or log_decays is None:
+        return chunk_form(q, k, v, log_decays, orders, chunk_size=chunk_size, normalize=normalize, eps=eps,
+                          key_padding_mask=key_padding_mask, dropout_p=dropout_p)  # fmt: skip
+    decays, orders = _operator_arguments(log_decays, orders)
+    kpm = None if key_padding_mask is None else key_padding_mask.to(torch.int8).contiguous()
+    return _recurrent_attention(q, k, v, decays, orders, kpm, chunk_size, normalize, eps)
+
+
+ENTRIES = {"chunk": chunk_form, "recurrent": recurrent_form, "unsupported": unsupported}

@@ -1,0 +1,185 @@
+"""The fused chunk and recurrent kernels (modeling/lion_triton_chunk.py) on the CPU, under Triton's interpreter.
+
+Outputs and every gradient against the float64 naive oracle and the PyTorch forms: LIT, D, S, one and two paths
+with random orders, normalised and not, key padding, lengths that are not a multiple of the chunk, chunk sizes
+16, 32 and 128 (the last walked in two sub-blocks). The interpreter computes float32 products in float32 (its
+bf16 matrix products are wrong in Triton 3.9, so bf16 is checked on a GPU: tests/gpu/check_chunk_kernels.py).
+
+Like kernels_parallel.py, these run in a process of their own started with TRITON_INTERPRET=1 by
+tests/test_kernels.py (Triton builds its interpreter only when the variable is set before its first import).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    if "triton" in sys.modules:
+        raise RuntimeError("Triton was imported without TRITON_INTERPRET=1: run these tests with the variable set.")
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from helpers import (  # noqa: E402
+    assert_close,
+    build,
+    relative_error,
+    right_padded_mask,
+    run_in_form,
+    tiny_text_config,
+    token_ids,
+)
+
+from lion_hf import LionForMaskedLM, lion_attention  # noqa: E402
+from lion_hf.modeling import lion_attention as operator  # noqa: E402
+from lion_hf.modeling import lion_triton_chunk as kernels  # noqa: E402
+from lion_hf.modeling.naive import naive_lion_attention  # noqa: E402
+
+# float32 products against float64: rounding of sums over ~70 terms.
+TOLERANCE = 2e-5
+
+
+assert kernels._INTERPRETED, "the kernels were not built for Triton's interpreter"
+
+
+@pytest.fixture(autouse=True)
+def no_forced_backend(monkeypatch):
+    monkeypatch.delenv(operator.BACKEND_ENVIRONMENT_VARIABLE, raising=False)
+
+
+def make_inputs(variant, paths, length, batch=2, heads=2, dim=8, value_dim=6, shared_decay=False, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    q = (torch.rand(batch, heads, length, dim, generator=generator) + 0.1).requires_grad_()
+    k = (torch.rand(batch, heads, length, dim, generator=generator) + 0.1).requires_grad_()
+    v = torch.randn(batch, heads, length, value_dim, generator=generator).requires_grad_()
+    params = [q, k, v]
+    if variant == "lit":
+        return params, (lambda: None), None
+    if variant == "d":
+        logits = torch.randn(paths, heads, generator=generator).requires_grad_()
+
+        def decays():
+            return [F.logsigmoid(logits[p]).view(1, heads, 1).expand(1, heads, length) for p in range(paths)]
+    else:
+        logits = torch.randn(paths, 1 if shared_decay else batch, heads, length, generator=generator).requires_grad_()
+
+        def decays():
+            return [F.logsigmoid(logits[p]) for p in range(paths)]
+
+    orders = None if paths == 1 else [torch.randperm(length, generator=generator) for _ in range(paths)]
+    return params + [logits], decays, orders
+
+
+def padding(length, batch=2):
+    return torch.arange(length)[None, :] < torch.tensor([length, length - 11])[:batch, None]
+
+
+def check_against_naive(variant, paths, length, chunk, normalize, padded, form="chunk", **kwargs):
+    params, decays, orders = make_inputs(variant, paths, length, **kwargs)
+    kpm = padding(length) if padded else None
+    expected = naive_lion_attention(*params[:3], decays(), orders, normalize=normalize, key_padding_mask=kpm)
+    grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    out = lion_attention(*params[:3], decays(), orders, form=form, chunk_size=chunk, normalize=normalize,
+                         key_padding_mask=kpm, backend="triton")  # fmt: skip
+    assert out.dtype == torch.float32
+    assert relative_error(out, expected) < TOLERANCE
+    for got, want in zip(torch.autograd.grad(out, params, grad.float()), torch.autograd.grad(expected, params, grad)):
+        assert relative_error(got, want) < TOLERANCE
+
+
+@pytest.mark.parametrize(
+    "variant,paths,length,chunk,normalize,padded",
+    [
+        ("lit", 1, 45, 16, True, True),
+        ("lit", 1, 37, 32, False, False),
+        ("d", 1, 37, 32, False, True),
+        ("d", 2, 70, 16, True, False),
+        ("s", 1, 45, 16, True, True),
+        ("s", 2, 70, 32, False, True),
+        ("s", 1, 150, 128, True, False),
+    ],
+)
+def test_chunk_kernels_match_the_naive_oracle(variant, paths, length, chunk, normalize, padded):
+    check_against_naive(variant, paths, length, chunk, normalize, padded)
+
+
+def test_a_decay_shared_across_the_batch_gets_its_gradient_summed():
+    check_against_naive("s", 1, 40, 16, True, True, shared_decay=True)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize(
+    "variant,paths,length,chunk,normalize,padded",
+    [("d", 1, 37, 16, False, True), ("s", 2, 70, 32, True, True), ("s", 1, 150, 128, False, False)],
+)
+def test_recurrent_kernel_matches_the_naive_oracle_and_the_pytorch_forms(variant, paths, length, chunk, normalize, padded):
+    params, decays, orders = make_inputs(variant, paths, length)
+    options = dict(normalize=normalize, key_padding_mask=padding(length) if padded else None)
+    expected = naive_lion_attention(*params[:3], decays(), orders, **options)
+    out = lion_attention(*params[:3], decays(), orders, form="recurrent", chunk_size=chunk, backend="triton", **options)
+    assert relative_error(out, expected) < TOLERANCE
+    # The three forms agree through the kernels and with PyTorch's.
+    chunked = lion_attention(*params[:3], decays(), orders, form="chunk", chunk_size=chunk, backend="triton", **options)
+    assert relative_error(out, chunked) < TOLERANCE
+    for form in ("parallel", "recurrent"):
+        pytorch = lion_attention(*params[:3], decays(), orders, form=form, chunk_size=chunk, backend="pytorch", **options)
+        assert relative_error(out, pytorch) < TOLERANCE
+
+
+def test_recurrent_form_with_gradients_runs_the_chunk_kernels():
+    check_against_naive("s", 2, 40, 16, True, True, form="recurrent")
+
+
+def test_auto_chooses_the_kernels_and_says_why_not(monkeypatch):
+    q = torch.rand(1, 2, 20, 8)
+    log_a = [F.logsigmoid(torch.randn(1, 2, 20))]
+
+    def chosen(form, q=q, chunk_size=16):
+        return operator.select_implementation(form, "auto", q, q, q, log_a, [None], chunk_size=chunk_size,
+                                              normalize=False, eps=1e-6, key_padding_mask=None, dropout_p=0.0).backend  # fmt: skip
+
+    assert [chosen(form) for form in ("parallel", "chunk", "recurrent")] == ["pytorch", "triton", "triton"]
+    assert chosen("chunk", q=q.double()) == "pytorch"
+    assert chosen("chunk", chunk_size=48) == "pytorch"
+    options = dict(chunk_size=16, normalize=False, eps=1e-6, key_padding_mask=None, dropout_p=0.0)
+    assert kernels.unsupported(q.double(), q, q, log_a, [None], **options) == (
+        "dtype torch.float64 (supported: float32, bfloat16)"
+    )
+    assert kernels.unsupported(q, q, q, log_a, [None], **{**options, "chunk_size": 48}) == (
+        "chunk_size 48 (supported: 16, 32, 64, 128, 256)"
+    )
+    wide = torch.rand(1, 2, 20, 160)
+    assert kernels.unsupported(wide, wide, wide, log_a, [None], **options) == "head dims 160/160 (supported: up to 128)"
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert kernels.unsupported(q, q, q, log_a, [None], **options).startswith("CPU tensors")
+    assert chosen("chunk") == "pytorch"
+
+
+def test_models_run_the_kernels_and_agree_with_the_parallel_form():
+    model = build(LionForMaskedLM, tiny_text_config("s", chunk_size=16, max_position_embeddings=40))
+    ids, mask = token_ids(2, 37), right_padded_mask([37, 25], 37)
+    reference = run_in_form(model, "parallel", input_ids=ids, attention_mask=mask).logits
+    for form in ("chunk", "recurrent"):
+        assert_close(run_in_form(model, form, input_ids=ids, attention_mask=mask).logits, reference)
+
+
+def test_the_custom_operators_trace_without_graph_breaks():
+    import torch._dynamo as dynamo
+
+    params, decays, orders = make_inputs("s", 2, 40)
+
+    def step(q, k, v, logits):
+        out = lion_attention(q, k, v, [F.logsigmoid(logits[p]) for p in range(2)], orders, form="chunk",
+                             chunk_size=16, normalize=True, key_padding_mask=padding(40))  # fmt: skip
+        return out.square().sum()
+
+    dynamo.reset()
+    explanation = dynamo.explain(step)(*params)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    got = torch.autograd.grad(compiled(*params), params)
+    want = torch.autograd.grad(step(*params), params)
+    for g, w in zip(got, want):
+        assert_close(g, w)

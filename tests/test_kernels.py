@@ -1,0 +1,28 @@
+"""The fused Triton kernels through Triton's interpreter on the CPU, in a process of their own.
+
+Triton builds its interpreter only when ``TRITON_INTERPRET=1`` is set before its first import, which ``import
+lion_hf`` already does in this session; tests/interpreted/ (not collected here) holds the cases:
+kernels_parallel.py (modeling/lion_triton.py) and kernels_chunk.py (modeling/lion_triton_chunk.py).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from helpers import REPO
+
+INTERPRETED = REPO / "tests" / "interpreted"
+
+
+def test_fused_kernels_under_the_triton_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("LION_HF_ATTENTION_BACKEND", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *map(str, sorted(INTERPRETED.glob("kernels_*.py")))],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert len(list(INTERPRETED.glob("kernels_*.py"))) == 2
+    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
