@@ -27,7 +27,7 @@ VARIANT_DESCRIPTIONS = {
     "d": "a learned decay per head, so the mask is `a^|i-j|`.",
     "s": "a selective decay per token and head, from a gate on the layer input.",
 }
-# The task each head serves, as the Hub and `pipeline(...)` name it. Multiple choice has no pipeline.
+# The task each head serves, as the Hub names it (the card's pipeline_tag); the Hub has none for multiple choice.
 PIPELINE_TAGS = {
     "LionForMaskedLM": "fill-mask",
     "LionForSequenceClassification": "text-classification",

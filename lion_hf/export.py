@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import json
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,9 +128,14 @@ def export_folder(
     check_output_folder(dst, overwrite)
     read_metrics(metrics)  # a bad metrics file is refused before any work
     from_folder = not isinstance(model_or_src, LionPreTrainedModel)
+    if from_folder and not isinstance(model_or_src, (str, os.PathLike)):
+        raise TypeError(
+            f"export_folder takes a LION model or a folder holding one, not a {type(model_or_src).__name__} "
+            "(unwrap a distributed model first, or export the folder Trainer.save_model wrote)."
+        )
     count = int(from_folder) + 3 + int(verify is not None)  # loading, weights, preprocessor, verifying, card
     own_steps = not isinstance(progress, Steps)
-    steps = Steps(f"export {dst.name}", count, enabled=bool(progress)) if own_steps else progress
+    steps = Steps(f"export {dst.absolute().name}", count, enabled=bool(progress)) if own_steps else progress
     with steps if own_steps else contextlib.nullcontext():
         if not own_steps:
             steps.add(count)
@@ -165,7 +171,7 @@ def export_folder(
             steps.start("writing the card")
             card = render_card(
                 config,
-                model_id=repo_id or dst.name,
+                model_id=repo_id or dst.absolute().name,
                 provenance=provenance,
                 metrics=metrics,
                 evaluation=evaluation,
@@ -187,6 +193,10 @@ def load_folder(src: str | Path):
     unexpected and misshapen key named).
     """
     src = Path(src)
+    if not src.is_dir():
+        raise NotALionFolderError(
+            f"{str(src)!r} is not a folder: export reads a local folder (download a Hub repo first, e.g. `hf download`)."
+        )
     config_file = src / CONFIG
     if not config_file.is_file():
         raise NotALionFolderError(f"{str(src)!r} is not a LION checkpoint: it has no {CONFIG}.")

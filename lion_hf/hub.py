@@ -98,11 +98,12 @@ def push_folder(
     when missing. ``dry_run``: print the files with their sizes and the card, contact nothing. ``check``: first load
     the folder in a fresh process without lion_hf (:func:`lion_hf.load_check.check_loads`).
     """
-    plan = plan_push(folder, repo_id)
+    check_repo_id(repo_id)
     if not dry_run:
         token = token or get_token()
         if token is None:
             raise NoTokenError(f"No Hugging Face token found: {LOGIN_HELP}. Nothing was checked or sent.")
+    plan = plan_push(folder, repo_id)
     if ModelCard(plan.card).data.get("license_name") == ORIGINAL_LICENSE_NAME:
         echo(
             "note: these weights come from the original LION code; its licence (EPFL, non-commercial) forbids "

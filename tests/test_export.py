@@ -252,6 +252,10 @@ def test_a_folder_that_is_not_a_lion_checkpoint_is_refused(tmp_path, capsys):
     )
     with pytest.raises(NotALionFolderError, match="model_type 'bert', not 'lion'"):
         export_folder(tmp_path / "bert", tmp_path / "out", progress=False)
+    with pytest.raises(NotALionFolderError, match="is not a folder: export reads a local folder"):
+        export_folder(tmp_path / "my-org/some-model", tmp_path / "out", progress=False)
+    with pytest.raises(TypeError, match="takes a LION model or a folder holding one, not a Linear"):
+        export_folder(torch.nn.Linear(2, 2), tmp_path / "out", progress=False)
     (tmp_path / "empty").mkdir()
     assert lion_hf_main(["export", str(tmp_path / "empty"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
