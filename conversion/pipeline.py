@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import torch
 
 from lion_hf import LionPreTrainedModel, Provenance, export_folder
 from lion_hf.progress import Steps
-from lion_hf.staging import check_output_folder
+from lion_hf.staging import check_inputs_outside, check_output_folder
 
 from .checkpoint import load_checkpoint
 from .state_dict import Source, remap_state_dict
@@ -22,6 +24,19 @@ class ConversionResult:
     output: Path
     model: LionPreTrainedModel
     report: VerificationReport | None
+
+
+def read_json_object(path: str | Path, wrapper: str, what: str) -> dict:
+    """The JSON object in ``path``: ``what`` itself, or ``{wrapper: {...}}`` around it."""
+    try:
+        content = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{str(path)!r} is not valid JSON ({error}); it should hold {what}.") from None
+    if isinstance(content, dict) and wrapper in content:
+        content = content[wrapper]
+    if not isinstance(content, dict):
+        raise ValueError(f"{str(path)!r} must hold a JSON object of {what}.")
+    return content
 
 
 def load_weights(
@@ -56,6 +71,7 @@ def run_conversion(
     trust_checkpoint: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    inputs: Iterable[str | Path | None] = (),
     command_line: str | None = None,
 ) -> ConversionResult:
     """Load ``checkpoint``, turn it into a model with ``build``, and export it to ``output`` (verified first).
@@ -64,12 +80,17 @@ def run_conversion(
     every attention form; any output further than ``tolerance`` (max abs, float32) from its reference raises a
     :class:`VerificationError` carrying the report. ``trust_checkpoint``: unpickle everything (trusted files
     only). ``overwrite``: replace a non-empty ``output``. ``progress``: a progress bar over the steps.
+    ``inputs``: the other files and folders the conversion reads (a JSON config, a tokenizer folder).
     ``command_line``: the command the model card records (the CLI passes its own).
 
     The folder is written by :func:`lion_hf.export_folder`: beside ``output``, moved into place only when
-    everything succeeded, verification included, so a failure at any step leaves nothing behind.
+    everything succeeded, verification included, so a failure at any step leaves nothing behind. An ``output``
+    that is, or contains, the checkpoint, ``verify`` or one of ``inputs`` is refused before anything is written.
     """
     checkpoint, output = Path(checkpoint), Path(output)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < math.inf:
+        raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}.")
+    check_inputs_outside(output, [checkpoint, verify, *inputs])
     check_output_folder(output, overwrite)
     if verify is not None and not Path(verify).is_file():
         raise FileNotFoundError(f"Reference io file {str(verify)!r} does not exist.")
@@ -91,15 +112,13 @@ def run_conversion(
         original = load_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint)
         steps.start("mapping")
         model = build(original)
-        result = export_folder(
+        export_folder(
             model,
             output,
             tokenizer=tokenizer,
-            provenance=Provenance(
-                command=command_line, converted_from=checkpoint.name, source_format=source_format
-            ),
+            provenance=Provenance(command=command_line, converted_from=checkpoint.name, source_format=source_format),
             overwrite=overwrite,
             verify=verified if verify is not None else None,
             progress=steps,
         )
-    return ConversionResult(result.folder, model, reports[0] if reports else None)
+    return ConversionResult(output, model, reports[0] if reports else None)

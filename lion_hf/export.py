@@ -29,7 +29,7 @@ from .image_processing import lion_image_processor
 from .modeling.configuration_lion import LionConfig
 from .modeling.modeling_lion import TEXT_AUTO_CLASSES, VISION_AUTO_CLASSES, LionPreTrainedModel, lion_auto_map
 from .progress import Steps
-from .staging import check_output_folder, staged_folder
+from .staging import check_inputs_outside, check_output_folder, staged_folder
 
 logger = transformers_logging.get_logger(__name__)
 
@@ -122,17 +122,20 @@ def export_folder(
     :class:`~lion_hf.progress.Steps` of a larger job to continue).
 
     Everything is written beside ``dst`` and moved into place only when all of it succeeded; an existing
-    non-empty ``dst`` is replaced only with ``overwrite=True``.
+    non-empty ``dst`` is replaced only with ``overwrite=True``, and a ``dst`` that is or contains the source
+    folder or the metrics file is refused (replacing it would delete them).
     """
     dst = Path(dst)
-    check_output_folder(dst, overwrite)
-    read_metrics(metrics)  # a bad metrics file is refused before any work
     from_folder = not isinstance(model_or_src, LionPreTrainedModel)
     if from_folder and not isinstance(model_or_src, (str, os.PathLike)):
         raise TypeError(
             f"export_folder takes a LION model or a folder holding one, not a {type(model_or_src).__name__} "
             "(unwrap a distributed model first, or export the folder Trainer.save_model wrote)."
         )
+    inputs = [model_or_src if from_folder else None, metrics if not isinstance(metrics, Mapping) else None]
+    check_inputs_outside(dst, inputs)
+    check_output_folder(dst, overwrite)
+    read_metrics(metrics)  # a bad metrics file is refused before any work
     count = int(from_folder) + 3 + int(verify is not None)  # loading, weights, preprocessor, verifying, card
     own_steps = not isinstance(progress, Steps)
     steps = Steps(f"export {dst.absolute().name}", count, enabled=bool(progress)) if own_steps else progress

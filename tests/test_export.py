@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -288,6 +289,11 @@ def test_an_existing_destination_is_kept_unless_overwrite_and_a_failed_export_le
     with pytest.raises(FileExistsError, match="pass --overwrite"):
         export_folder(model, dst, progress=False)
     assert [p.name for p in dst.iterdir()] == ["keep.txt"]
+    # Replacing a folder that holds the source would delete it, even with --overwrite.
+    model.save_pretrained(dst / "checkpoint-5")
+    with pytest.raises(ValueError, match="contains the input .*checkpoint-5'; replacing the folder would delete it"):
+        export_folder(dst / "checkpoint-5", dst, overwrite=True, progress=False)
+    shutil.rmtree(dst / "checkpoint-5")
 
     def fails(folder):
         assert (folder / "model.safetensors").is_file()  # called on the written folder, before the card
