@@ -195,8 +195,8 @@ def pretrain(args: argparse.Namespace) -> None:
             f"({len(train_texts)} paragraphs; {len(held_out)} more held out for the evaluation), with a WordPiece "
             f"tokenizer of {len(tokenizer)} tokens trained on them.",
             limitations=[
-                f"A demo: {args.steps} optimizer steps of a {model.num_parameters() / 1e6:.1f}M-parameter model on "
-                "a small corpus; it mostly predicts frequent words."
+                f"A demo: {args.steps} optimizer steps of a model of {model.num_parameters():,} parameters on a "
+                "small corpus; it mostly predicts frequent words."
             ],
         ),
         overwrite=True,
