@@ -32,7 +32,8 @@ setup(
     ],
     extras_require={
         "bench": BENCHMARK_PLOTS,
-        "dev": ["pytest>=8.0", *BENCHMARK_PLOTS],
+        # Triton runs the fused kernels' tests on the CPU through its interpreter (tests/test_kernels_parallel.py).
+        "dev": ["pytest>=8.0", "triton>=3.6,<4", *BENCHMARK_PLOTS],
     },
     entry_points={"console_scripts": ["lion-hf=lion_hf.cli:main"]},
 )

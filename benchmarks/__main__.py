@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
+import os
 import platform
 import shlex
 import sys
@@ -14,6 +16,7 @@ import torch
 import transformers
 
 import lion_hf
+from lion_hf.modeling.lion_attention import ATTENTION_BACKENDS, BACKEND_ENVIRONMENT_VARIABLE
 
 from . import report
 from .suites import GROUPS, VISION_SHAPES, full_settings, smoke_settings
@@ -32,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated groups to run, from: {', '.join(GROUPS)} (default: all but the compiled ones)",
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--attention-backend",
+        choices=ATTENTION_BACKENDS,
+        default=None,
+        help=f"force LION's attention backend for the whole run (sets ${BACKEND_ENVIRONMENT_VARIABLE}; e.g. pytorch "
+        "to measure without the fused kernels)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
     parser.add_argument("--no-plots", action="store_true", help="write the JSON and the table only")
     parser.add_argument(
@@ -65,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def _positive_ints(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(part) for part in text.split(",") if part.strip())
@@ -87,6 +104,9 @@ def _meta(device: torch.device, settings, elapsed_s: float) -> dict:
         "lion_hf": lion_hf.__version__,
         "python": platform.python_version(),
         "autocast": "bfloat16" if settings.autocast else None,
+        "attention_backend": os.environ.get(BACKEND_ENVIRONMENT_VARIABLE, "auto"),
+        "timm": _version("timm"),
+        "triton": _version("triton"),
         "warmup": settings.warmup,
         "repeats": settings.repeats,
         "budget_s_per_configuration": settings.budget_s,
@@ -104,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{meta['device']} | torch {meta['torch']} | transformers {meta['transformers']} | {meta['date']}")
         print(report.table(records, targets))
         return 0
+    if args.attention_backend is not None:
+        os.environ[BACKEND_ENVIRONMENT_VARIABLE] = args.attention_backend
     groups = [g.strip() for g in args.groups.split(",") if g.strip()]
     unknown = [g for g in groups if g not in GROUPS]
     if unknown or not groups:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 from transformers import BertConfig, BertForMaskedLM, ViTConfig, ViTForImageClassification
+from transformers.modeling_outputs import ImageClassifierOutput
 
 from lion_hf import LionConfig, LionForImageClassification, LionForMaskedLM
 
@@ -77,3 +81,41 @@ def lion_mlm(shape: TextShape, variant: str, device: torch.device, **overrides):
 
 def bert_sdpa(shape: TextShape, device: torch.device):
     return _build(BertForMaskedLM, BertConfig(**_text_kwargs(shape)), device)
+
+
+def timm_available() -> bool:
+    """timm is an optional baseline: measured where it is installed (the GPU machines), never required."""
+    return importlib.util.find_spec("timm") is not None
+
+
+class TimmClassifier(nn.Module):
+    """timm's ``VisionTransformer`` behind the interface of transformers' classifiers: ``(pixel_values, labels)``
+    in, an output with ``.loss`` and ``.logits`` out."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values, labels=None):
+        logits = self.model(pixel_values)
+        loss = None if labels is None else F.cross_entropy(logits, labels)
+        return ImageClassifierOutput(loss=loss, logits=logits)
+
+
+def timm_vit(shape: VisionShape, device: torch.device):
+    """timm's ViT (fused qkv projection, ``F.scaled_dot_product_attention``); at the ViT-B/16 shape this is
+    ``vit_base_patch16_224``. The fastest softmax vision model a user would pick."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    with torch.device(device):
+        model = VisionTransformer(
+            img_size=shape.image_size,
+            patch_size=shape.patch_size,
+            num_classes=shape.num_labels,
+            embed_dim=shape.hidden_size,
+            depth=shape.num_hidden_layers,
+            num_heads=shape.num_attention_heads,
+            mlp_ratio=shape.intermediate_size / shape.hidden_size,
+            qkv_bias=True,
+        )
+    return TimmClassifier(model)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from lion_hf import lion_attention
 
-from .models import TextShape, VisionShape, bert_sdpa, lion_mlm, lion_vision, vit_sdpa
+from .models import TextShape, VisionShape, bert_sdpa, lion_mlm, lion_vision, timm_available, timm_vit, vit_sdpa
 from .timing import measure, skipped
 
 VIT_B = VisionShape("ViT-B/16", 768, 12, 12, 3072, 224, 16, 1000)
@@ -57,7 +57,7 @@ def full_settings(**overrides) -> Settings:
         inference_batch=8,
         inference_variants=("lit", "d", "s"),
         chunk_sizes=(64, 128, 256),
-        operator_lengths=(256, 512, 1024, 2048, 4096, 8192, 16384),
+        operator_lengths=(197, 512, 1024, 2048, 4096, 8192, 16384),
         operator_batch=4,
         operator_heads=12,
         operator_head_dim=64,
@@ -144,6 +144,8 @@ def _vision_training(settings, device, shapes, variants, compiled: bool) -> Iter
         }
         case = {"group": "compiled" if compiled else "vision", "shape": shape.name, "batch": batch}
         builders = [("ViT SDPA", None, None, lambda: vit_sdpa(shape, device))]
+        if timm_available():
+            builders.append(("timm ViT", None, None, lambda: timm_vit(shape, device)))
         builders += [(_label(v, o), v, o, lambda v=v, o=o: lion_vision(shape, v, o, device)) for v, o in variants]
         for name, variant, order, build in builders:
             model = build()

@@ -37,7 +37,8 @@ def _info(args: argparse.Namespace) -> int:
     print(f"triton        {triton}")
     print("attention     what computes each form here, in the order attention_backend='auto' tries them:")
     for device, dtype in _probe_settings(torch):
-        print(f"  on {device} {str(dtype).removeprefix('torch.')}:")
+        fake = " (no GPU here: from fake CUDA tensors)" if device == "cuda" and not torch.cuda.is_available() else ""
+        print(f"  on {device} {str(dtype).removeprefix('torch.')}{fake}:")
         chosen = set()
         for form, backend, reason in _implementations_for(device, dtype):
             if reason is not None:
@@ -52,10 +53,8 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _probe_settings(torch) -> list[tuple[str, object]]:
-    settings = [("cpu", torch.float32)]
-    if torch.cuda.is_available():
-        settings += [("cuda", torch.bfloat16), ("cuda", torch.float32)]
-    return settings
+    # CUDA too where there is no GPU (judged from fake tensors), for what a GPU machine with this install would run.
+    return [("cpu", torch.float32)] + [("cuda", dtype) for dtype in (torch.bfloat16, torch.float16, torch.float32)]
 
 
 def _implementations_for(device: str, dtype) -> list[tuple[str, str, str | None]]:
@@ -64,7 +63,14 @@ def _implementations_for(device: str, dtype) -> list[tuple[str, str, str | None]
 
     from lion_hf.modeling.lion_attention import IMPLEMENTATIONS
 
-    q = torch.zeros(1, 1, 16, 64, device=device, dtype=dtype)
+    if device == "cuda" and not torch.cuda.is_available():
+        # The dispatch reads only the inputs' device, dtype and shape, which fake tensors have without a GPU.
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        with FakeTensorMode():
+            q = torch.empty(1, 1, 16, 64, device=device, dtype=dtype)
+    else:
+        q = torch.zeros(1, 1, 16, 64, device=device, dtype=dtype)
     options = dict(chunk_size=64, normalize=False, eps=1e-6, key_padding_mask=None, dropout_p=0.0)
     rows = []
     for implementation in IMPLEMENTATIONS:

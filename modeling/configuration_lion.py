@@ -44,7 +44,7 @@ class LionConfig(PretrainedConfig):
         attention_backend (`str`, *optional*, defaults to `"auto"`):
             which implementation computes the form: `"auto"` (the fastest that can run the inputs on their device,
             see `lion_attention.IMPLEMENTATIONS`; `$LION_HF_ATTENTION_BACKEND` overrides it) or one by name
-            (`"pytorch"`).
+            (`"pytorch"`, or `"triton"`: the fused kernels of the parallel form, on CUDA).
         patch_order (`str`, *optional*, defaults to `"raster"`):
             vision only. `"snake"` builds the decay mask along a row-wise and a column-wise boustrophedon of the
             patch grid (each with its own decay parameters or gate) and averages the two masks.

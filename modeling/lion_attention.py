@@ -80,7 +80,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 ATTENTION_FORMS = ("parallel", "chunk", "recurrent")
 # "auto" takes the first implementation of the form in IMPLEMENTATIONS that can run the inputs.
-ATTENTION_BACKENDS = ("auto", "pytorch")
+ATTENTION_BACKENDS = ("auto", "pytorch", "triton")
 # Overrides an "auto" backend for every call, e.g. LION_HF_ATTENTION_BACKEND=pytorch to rule out kernels.
 BACKEND_ENVIRONMENT_VARIABLE = "LION_HF_ATTENTION_BACKEND"
 
@@ -784,8 +784,29 @@ def _scan(leaving: torch.Tensor, decay: torch.Tensor, reverse: bool) -> torch.Te
     return torch.stack(entering, dim=2)
 
 
+# ------------------------------------------------------------------------------------------ fused kernels
+
+
+def _triton_parallel(*args, **options) -> torch.Tensor:
+    from .lion_triton import parallel_attention
+
+    return parallel_attention(*args, **options)
+
+
+def _triton_parallel_unsupported(q, *args, **options) -> str | None:
+    # Checked before importing: a CPU run without the interpreter never loads Triton.
+    if q.device.type != "cuda" and not (q.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
+        return f"{q.device.type} tensors (the kernels run on CUDA, or on the CPU through TRITON_INTERPRET=1)"
+    try:
+        from .lion_triton import unsupported
+    except ImportError:
+        return "triton is not installed"
+    return unsupported(q, *args, **options)
+
+
 # Tried in this order by the "auto" backend; fused kernels go before the PyTorch forms they replace.
 IMPLEMENTATIONS: tuple[AttentionImplementation, ...] = (
+    AttentionImplementation("triton", "parallel", _triton_parallel, _triton_parallel_unsupported),
     AttentionImplementation("pytorch", "parallel", _pytorch_form(_parallel_form), _runs_anywhere),
     AttentionImplementation("pytorch", "chunk", _pytorch_form(_chunk_form), _runs_anywhere),
     AttentionImplementation("pytorch", "recurrent", _pytorch_form(_recurrent_form), _runs_anywhere),

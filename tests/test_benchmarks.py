@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks import report
+from benchmarks.models import timm_available
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -27,10 +30,17 @@ def test_smoke_run_writes_every_figure(tmp_path):
         assert record["status"] == "ok", record
         assert record["median_ms"] > 0 and record["repeats"] >= 1
         assert record["time_ratio"] is not None
-    baselines = {r["model"] for r in records if r["time_ratio"] == 1.0}
-    assert {"ViT SDPA", "BERT SDPA", "SDPA"} <= baselines
+    # Ratios are to the fastest softmax model of each case; timm's ViT joins where timm is installed.
+    for record in records:
+        base = next(r for r in records if r["model"] == record["baseline"] and r["group"] == record["group"]
+                    and all(r[k] == record[k] for k in report.CASE_KEYS[r["group"]]))  # fmt: skip
+        assert base["model"] in report.SOFTMAX_MODELS[record["group"]] and base["time_ratio"] == 1.0
+        softmax = [r for r in records if r["model"] in report.SOFTMAX_MODELS[record["group"]]
+                   and r["group"] == record["group"] and all(r[k] == record[k] for k in report.CASE_KEYS[r["group"]])]  # fmt: skip
+        assert base["median_ms"] == min(r["median_ms"] for r in softmax)
     vision = {(r["model"]) for r in records if r["group"] == "vision"}
-    assert vision == {"ViT SDPA", "LION-LIT", "LION-D", "LION-S", "LION-D snake", "LION-S snake"}
+    lion = {"LION-LIT", "LION-D", "LION-S", "LION-D snake", "LION-S snake"}
+    assert vision == {"ViT SDPA", *(["timm ViT"] if timm_available() else []), *lion}
     forms = {(r["model"], r["form"], r["chunk_size"]) for r in records if r["group"] == "inference"}
     for variant in ("LION-LIT", "LION-D", "LION-S"):
         assert {(variant, "parallel", None), (variant, "chunk", 8), (variant, "recurrent", 8)} <= forms
@@ -60,19 +70,32 @@ def test_replot_redraws_from_a_results_file(tmp_path):
     assert "LION-D chunk/8" in result.stdout and "1.50" in result.stdout
 
 
-def test_compiled_groups_get_their_own_baselines_and_no_eager_targets():
-    from benchmarks import report
+def test_compiled_groups_get_their_own_baselines_and_targets():
+    def record(model, median_ms, peak_mb=100.0):
+        return {"group": "compiled_mlm", "shape": "BERT-base", "seq_len": 128, "batch": 128, "model": model,
+                "form": None, "chunk_size": None, "status": "ok", "median_ms": median_ms, "peak_mb": peak_mb}  # fmt: skip
 
-    def record(model, median_ms):
-        return {"group": "compiled_mlm", "shape": "BERT-base", "seq_len": 128, "batch": 8, "model": model,
-                "form": None, "chunk_size": None, "status": "ok", "median_ms": median_ms, "peak_mb": 100.0}  # fmt: skip
-
-    records = [record("BERT SDPA", 40.0), record("LION-S", 46.0)]
+    records = [record("BERT SDPA", 40.0), record("LION-S", 46.0, 104.0)]
     report.add_ratios(records)
     assert [r["time_ratio"] for r in records] == [1.0, 46.0 / 40.0]
-    # The training targets are about the eager groups; a run without them decides none of them.
-    assert report.evaluate_targets(records) == []
-    assert "== MLM training step under torch.compile ==" in report.table(records, [])
+    # Compiled against compiled: the seq-128 MLM targets, time and memory, of every variant (missing ones missed).
+    targets = {t["target"]: t for t in report.evaluate_targets(records)}
+    assert len(targets) == 6 and not any(t["met"] for t in targets.values() if t["value"] is None)
+    assert targets["compiled MLM training seq 128 batch 128 LION-S time"]["value"] == 46.0 / 40.0
+    assert not targets["compiled MLM training seq 128 batch 128 LION-S time"]["met"]
+    assert targets["compiled MLM training seq 128 batch 128 LION-S peak memory"]["met"]
+    assert "== MLM training step under torch.compile == (ratios to BERT SDPA)" in report.table(records, [])
+
+
+def test_ratios_are_to_the_fastest_softmax_model_of_the_case():
+    def record(model, median_ms):
+        return {"group": "vision", "shape": "ViT-B/16", "batch": 64, "model": model, "form": None,
+                "chunk_size": None, "status": "ok", "median_ms": median_ms, "peak_mb": 100.0}  # fmt: skip
+
+    records = [record("ViT SDPA", 36.0), record("timm ViT", 24.0), record("LION-D", 30.0)]
+    report.add_ratios(records)
+    assert [r["baseline"] for r in records] == ["timm ViT"] * 3
+    assert records[2]["time_ratio"] == 30.0 / 24.0 and records[0]["time_ratio"] == 1.5
 
 
 def test_operator_lengths_and_bad_flags(tmp_path):

@@ -31,7 +31,7 @@ def test_bad_chunk_size(chunk_size):
 
 def test_unknown_backend():
     q, k, v = _tensors()
-    with pytest.raises(ValueError, match=re.escape("Unknown attention_backend 'cuda'; allowed: 'auto', 'pytorch'")):
+    with pytest.raises(ValueError, match=re.escape("Unknown attention_backend 'cuda'; allowed: 'auto', 'pytorch', 'triton'")):
         lion_attention(q, k, v, backend="cuda")
 
 
@@ -122,7 +122,7 @@ def test_auto_takes_the_first_implementation_that_can_run_the_inputs(monkeypatch
 def test_a_bad_backend_environment_variable_is_named(monkeypatch):
     monkeypatch.setenv(operator.BACKEND_ENVIRONMENT_VARIABLE, "magic")
     q, k, v = _tensors()
-    with pytest.raises(ValueError, match=re.escape("Unknown $LION_HF_ATTENTION_BACKEND 'magic'; allowed: 'auto', 'pytorch'")):
+    with pytest.raises(ValueError, match=re.escape("Unknown $LION_HF_ATTENTION_BACKEND 'magic'; allowed: 'auto', 'pytorch', 'triton'")):
         lion_attention(q, k, v)
 
 
@@ -134,12 +134,20 @@ def test_lion_hf_info_says_what_computes_each_form(monkeypatch, capsys):
         _recording("unavailable", "chunk", "needs a GPU", calls), _recording("fused", "chunk", None, calls),
         *operator.IMPLEMENTATIONS,
     ))  # fmt: skip
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert main(["info"]) == 0
-    lines = [line.split(None, 2) for line in capsys.readouterr().out.splitlines() if line.startswith("    ")]
+    out = capsys.readouterr().out
+    cpu = out[out.index("  on cpu float32:") : out.index("  on cuda bfloat16")]
+    lines = [line.split(None, 2) for line in cpu.splitlines() if line.startswith("    ")]
     assert lines == [
         ["chunk", "unavailable", "cannot run: needs a GPU"],
         ["chunk", "fused", "runs"],
+        ["parallel", "triton", "cannot run: cpu tensors (the kernels run on CUDA, or on the CPU through TRITON_INTERPRET=1)"],
         ["parallel", "pytorch", "runs"],
         ["chunk", "pytorch", "can run (with attention_backend='pytorch')"],
         ["recurrent", "pytorch", "runs"],
     ]
+    # CUDA inputs as well, from fake tensors where there is no GPU (tests/test_kernels_parallel.py checks the
+    # kernels' own lines with Triton installed).
+    for dtype in ("bfloat16", "float16", "float32"):
+        assert f"  on cuda {dtype}" in out

@@ -29,7 +29,7 @@ from lion_hf import (
     lion_image_processor,
 )
 
-MODEL_FILES = ("configuration_lion.py", "modeling_lion.py", "lion_attention.py")
+MODEL_FILES = ("configuration_lion.py", "modeling_lion.py", "lion_attention.py", "lion_triton.py")
 SENTENCES = ["the cat sat on the [MASK] .", "a [MASK] day"]
 FILL_MASK_TEXT = "paris is the [MASK] of france ."
 
@@ -233,6 +233,55 @@ def test_installed_auto_class_picks_the_distilled_head(tmp_path):
         pixels = torch.randn(1, 3, 32, 32)
         with torch.no_grad():
             torch.testing.assert_close(loaded(pixel_values=pixels).logits, distilled(pixel_values=pixels).logits)
+
+
+WITHOUT_TRITON = """
+import os
+import sys
+
+class _BlockTriton:
+    def find_spec(self, name, path=None, target=None):
+        if name == "triton" or name.startswith("triton."):
+            raise ModuleNotFoundError(f"No module named {{name!r}} (hidden for this test)")
+        return None
+
+sys.meta_path.insert(0, _BlockTriton())
+# The kernels' CPU switch: the dispatch now tries to import them, and must fall back.
+os.environ["TRITON_INTERPRET"] = "1"
+
+import torch
+from transformers import AutoModelForMaskedLM
+
+model = AutoModelForMaskedLM.from_pretrained({folder!r}, trust_remote_code=True).eval()
+package = type(model).__module__.rsplit(".", 1)[0]
+assert os.path.isfile(os.path.join(os.path.dirname(sys.modules[type(model).__module__].__file__), "lion_triton.py"))
+attention = sys.modules[package + ".lion_attention"]
+x = torch.rand(1, 2, 5, 16)
+options = dict(chunk_size=64, normalize=False, eps=1e-6, key_padding_mask=None, dropout_p=0.0)
+assert attention.select_implementation("parallel", "auto", x, x, x, None, None, **options).backend == "pytorch"
+try:
+    attention.select_implementation("parallel", "triton", x, x, x, None, None, **options)
+    raise AssertionError("the triton backend ran without triton")
+except ValueError as error:
+    assert "triton is not installed" in str(error), error
+with torch.no_grad():
+    logits = model(input_ids=torch.tensor([{ids!r}])).logits
+torch.save(logits, {out!r})
+assert "triton" not in sys.modules
+"""
+
+
+def test_checkpoint_ships_the_kernels_and_loads_without_triton(checkpoint, tmp_path):
+    """lion_triton.py travels with the checkpoint (lion_attention imports it lazily), and a process in which
+    ``import triton`` fails loads the model, reports why the kernels cannot run, and computes with PyTorch."""
+    folder, model, _ = checkpoint
+    assert (folder / "lion_triton.py").is_file()
+    ids = [101, 2023, 2003, 1037, 102]
+    out = tmp_path / "logits.pt"
+    run_without_lion_hf(WITHOUT_TRITON.format(folder=str(folder), ids=ids, out=str(out)), cwd=tmp_path)
+    with torch.no_grad():
+        expected = model(input_ids=torch.tensor([ids])).logits
+    torch.testing.assert_close(torch.load(out), expected, rtol=0, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------ older checkpoints

@@ -1,0 +1,669 @@
+"""Fused Triton kernels for the parallel form of the LION operator: forward and backward, no N x N tensor in memory.
+
+FlashAttention-style tiling without a softmax (so without a running maximum). One program of the forward takes a
+block of queries of one (batch, head) and walks the blocks of keys: the scores ``q k^T`` of the tile, the decay
+mask of the tile from per-token numbers of every path (computed in registers), the key padding, the score dropout,
+then ``A v`` and the row sums ``A 1`` accumulated in float32. The backward recomputes the tiles twice, in two
+launches: one program per block of queries (``dq``, the normaliser's share of the gradient, the row sums of the
+decay gradient), then one per block of keys (``dk``, ``dv``, the column sums, and the decay gradient's last step).
+
+The mask of a path with per-token steps ``pos`` (where the path visits the token), ``M_ij``:
+
+- LION-D (a log-decay ``log a`` constant per head): ``log M_ij = log a * |pos_i - pos_j|``;
+- LION-S: with ``u`` and ``w`` the exclusive and inclusive running sums of the log-decays along the path (in token
+  order), ``log M_ij = u_i - u_j`` when the path visits ``i`` after ``j`` and ``w_j - w_i`` when before (the
+  ``sign(pos_i - pos_j) (m_i - m_j) + h_j - h_i`` of ``lion_attention``, with ``u = m - h`` and ``w = m + h``);
+
+several paths average their masks. The running sums are taken in PyTorch (so autograd carries their gradients to
+the log-decays, the S gate's included); the kernels return ``d loss / d u`` and ``d loss / d w`` per token: with
+``G = dA * S * M_p / paths`` (``d loss / d log M_p``), row sums of ``G`` over the keys a query comes after, minus
+column sums over the queries that come after a key, and so on. LION-D returns ``sum_j |pos_i - pos_j| G_ij`` per
+query, summed to the head's gradient.
+
+Numerics: float32 inputs use exact ("ieee") float32 dot products and the running sums in float64, passed as a
+float32 pair (high part, low part) so that ``u_i - u_j`` keeps its small values on long sequences; bfloat16 and
+float16 inputs use float32 accumulation and float32 running sums, as the PyTorch path does. The normaliser is the
+row sum of the dropped-out scores, as the PyTorch path's column of ones next to the values gives.
+
+The forward and backward are registered as ``torch.library`` operators, which ``torch.compile`` keeps in its graph;
+eager calls take an ``autograd.Function`` around the same launches (less host time). Triton is optional: this module raises ``ImportError`` without it and ``lion_attention`` falls back to
+PyTorch. Under ``TRITON_INTERPRET=1`` (set before this module is imported) the kernels run on CPU tensors through
+Triton's interpreter, which is how the tests exercise them without a GPU.
+"""
+
+import re
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError as error:  # lion_attention catches this and runs the PyTorch path
+    raise ImportError("the fused LION kernels need Triton (pip install triton)") from error
+
+HEAD_DIMS = (16, 128)  # smallest and largest head dim (queries and values); any size in between
+MAX_PATHS = 2
+# Dropout numbers its random draws by query * length + key, in 32-bit integers that must not overflow.
+MAX_DROPOUT_LENGTH = 46340
+# The second grid axis holds batch x heads.
+MAX_BATCH_HEADS = 65535
+
+_LOG2E = tl.constexpr(1.4426950408889634)
+
+
+def is_interpreted() -> bool:
+    """Whether the kernels were built for Triton's interpreter (``TRITON_INTERPRET=1`` when this module loaded)."""
+    return not isinstance(_forward_kernel, triton.runtime.JITFunction)
+
+
+# ------------------------------------------------------------------------------------------------ kernels
+
+
+@triton.jit
+def _path_log2_mask(
+    path, b, h, qi, kj, N, POS, DECAY, U, W, U_LO, W_LO, path_stride, batch_stride,
+    DISTANCE: tl.constexpr, HAS_LO: tl.constexpr,
+):
+    """``log2 M_p`` and ``pos_i - pos_j`` for query indices ``qi`` and key indices ``kj`` (broadcastable)."""
+    pos_q = tl.load(POS + path * N + qi, mask=qi < N, other=0.0)
+    pos_k = tl.load(POS + path * N + kj, mask=kj < N, other=0.0)
+    delta = pos_q - pos_k
+    if DISTANCE:
+        log_a = tl.load(DECAY + path * path_stride + b * batch_stride + h)
+        x = (log_a * _LOG2E) * tl.abs(delta)
+    else:
+        base = path * path_stride + b * batch_stride + h * N
+        u_q = tl.load(U + base + qi, mask=qi < N, other=0.0)
+        u_k = tl.load(U + base + kj, mask=kj < N, other=0.0)
+        w_q = tl.load(W + base + qi, mask=qi < N, other=0.0)
+        w_k = tl.load(W + base + kj, mask=kj < N, other=0.0)
+        after = delta > 0
+        if HAS_LO:
+            lo_uq = tl.load(U_LO + base + qi, mask=qi < N, other=0.0)
+            lo_uk = tl.load(U_LO + base + kj, mask=kj < N, other=0.0)
+            lo_wq = tl.load(W_LO + base + qi, mask=qi < N, other=0.0)
+            lo_wk = tl.load(W_LO + base + kj, mask=kj < N, other=0.0)
+            # Differences of the high parts first (small where it matters), then the low parts, then to log2.
+            x = tl.where(after, (u_q - u_k) + (lo_uq - lo_uk), (w_k - w_q) + (lo_wk - lo_wq)) * _LOG2E
+        else:
+            # In log2 units per token (a multiply per row and column, not per entry), as float32 allows anyway.
+            x = tl.where(after, u_q * _LOG2E - u_k * _LOG2E, w_k * _LOG2E - w_q * _LOG2E)
+        # log M <= 0 always; the clamp also keeps tiles past the end (loaded as zeros) finite.
+        x = tl.minimum(x, 0.0)
+    return x, delta
+
+
+@triton.jit
+def _decay_mask(
+    b, h, qi, kj, N, POS, DECAY, U, W, U_LO, W_LO, path_stride, batch_stride,
+    NUM_PATHS: tl.constexpr, DISTANCE: tl.constexpr, HAS_LO: tl.constexpr,
+):
+    """The mean over paths of ``M_p``, each path's ``M_p / paths``, and each path's ``pos_i - pos_j`` (two paths
+    at most; with one, the second path's entries repeat the first's)."""
+    x0, delta0 = _path_log2_mask(
+        0, b, h, qi, kj, N, POS, DECAY, U, W, U_LO, W_LO, path_stride, batch_stride, DISTANCE, HAS_LO
+    )
+    if NUM_PATHS == 2:
+        x1, delta1 = _path_log2_mask(
+            1, b, h, qi, kj, N, POS, DECAY, U, W, U_LO, W_LO, path_stride, batch_stride, DISTANCE, HAS_LO
+        )
+        m0 = tl.exp2(x0) * 0.5
+        m1 = tl.exp2(x1) * 0.5
+        return m0 + m1, m0, m1, delta0, delta1
+    m0 = tl.exp2(x0)
+    return m0, m0, m0, delta0, delta0
+
+
+@triton.jit
+def _keep(seed, bh, qi, kj, N, threshold):
+    """Counter-based dropout: entry (i, j) of head ``bh`` is kept when its Philox draw is at least ``threshold``
+    (out of 2**24). The same (seed, bh, i, j) gives the same draw in every kernel and for any tiling."""
+    counter = (qi * N + kj).to(tl.uint32)
+    zero = counter * 0
+    draw, _, _, _ = tl.philox(seed, counter, zero + bh.to(tl.uint32), zero, zero)
+    return (draw >> 8).to(tl.int32) >= threshold
+
+
+@triton.jit
+def _program(H, N, D, DV, BLOCK: tl.constexpr):
+    """This program's batch x head index, batch, head, block of tokens (grid axis 0), and where its head starts
+    in the (B, H, N, D) and (B, H, N, DV) tensors."""
+    bh = tl.program_id(1)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    return bh, bh // H, bh % H, offs, bh.to(tl.int64) * N * D, bh.to(tl.int64) * N * DV
+
+
+@triton.jit
+def _rows(PTR, base, rows, rows_ok, width, cols):
+    """Rows ``rows`` of the (tokens, ``width``) matrix at ``PTR + base``; zeros where ``rows_ok`` is false and past
+    the width."""
+    return tl.load(
+        PTR + base + rows[:, None] * width + cols[None, :], mask=rows_ok[:, None] & (cols[None, :] < width), other=0.0
+    )
+
+
+@triton.jit
+def _store_rows(PTR, base, rows, rows_ok, width, cols, value):
+    tl.store(
+        PTR + base + rows[:, None] * width + cols[None, :],
+        value.to(PTR.dtype.element_ty),
+        mask=rows_ok[:, None] & (cols[None, :] < width),
+    )
+
+
+@triton.jit
+def _real_keys(PAD, b, offs_n, N, HAS_PAD: tl.constexpr):
+    """Keys inside the sequence and, with a padding mask, not padded. Loaded through this mask, padded keys and
+    values are zeros: their scores are 0 whatever they hold (NaN included)."""
+    ok = offs_n < N
+    if HAS_PAD:
+        ok = ok & (tl.load(PAD + b * N + offs_n, mask=offs_n < N, other=0) != 0)
+    return ok
+
+
+@triton.jit
+def _forward_kernel(
+    Q, K, V, OUT, Z, PAD, POS, DECAY, U, W, U_LO, W_LO, SEED,
+    H, N, D, DV, path_stride, batch_stride, eps, drop_threshold, drop_scale,
+    NUM_PATHS: tl.constexpr, DISTANCE: tl.constexpr, HAS_LO: tl.constexpr, HAS_PAD: tl.constexpr,
+    DROPOUT: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    bh, b, h, offs_m, qk_base, v_base = _program(H, N, D, DV, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    rows_ok = offs_m < N
+    q = _rows(Q, qk_base, offs_m, rows_ok, D, offs_d)
+    acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
+    z = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    seed = 0
+    if DROPOUT:
+        seed = tl.load(SEED)
+    for start_n in range(0, N, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        keys_ok = _real_keys(PAD, b, offs_n, N, HAS_PAD)
+        k = _rows(K, qk_base, offs_n, keys_ok, D, offs_d)
+        v = _rows(V, v_base, offs_n, keys_ok, DV, offs_dv)
+        a = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        if NUM_PATHS > 0:
+            mask, _, _, _, _ = _decay_mask(
+                b, h, offs_m[:, None], offs_n[None, :], N, POS, DECAY, U, W, U_LO, W_LO, path_stride, batch_stride,
+                NUM_PATHS, DISTANCE, HAS_LO,
+            )
+            a = a * mask
+        if DROPOUT:
+            keep = _keep(seed, bh, offs_m[:, None], offs_n[None, :], N, drop_threshold)
+            a = tl.where(keep, a * drop_scale, 0.0)
+        if NORMALIZE:
+            z += tl.sum(a, 1)
+        acc = tl.dot(a.to(v.dtype), v, acc, input_precision=PRECISION)
+    if NORMALIZE:
+        acc = acc / (z + eps)[:, None]
+        tl.store(Z + bh * N + offs_m, z, mask=rows_ok)
+    _store_rows(OUT, v_base, offs_m, rows_ok, DV, offs_dv, acc)
+
+
+@triton.jit
+def _backward_q_kernel(
+    Q, K, V, OUT, Z, DY, INV, DELTA, DQ, GRAD_U, GRAD_W, PAD, POS, DECAY, U, W, U_LO, W_LO, SEED,
+    H, N, D, DV, path_stride, batch_stride, eps, drop_threshold, drop_scale,
+    NUM_PATHS: tl.constexpr, DISTANCE: tl.constexpr, HAS_LO: tl.constexpr, HAS_PAD: tl.constexpr,
+    DROPOUT: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    """One block of queries against every key: ``dq``, the normaliser's share and the decay gradients' row sums.
+
+    ``Y = N / (Z + eps)``: ``dN = dY / (Z + eps)`` and ``dZ = -(dY . Y) / (Z + eps)``, so that
+    ``dP_ij = dN_i . v_j + dZ_i``; ``1 / (Z + eps)`` and ``dZ`` are left in ``INV`` and ``DELTA`` for the key
+    kernel. LION-S: ``GRAD_U``/``GRAD_W`` receive the row sums of ``G`` over the keys each query comes after /
+    before; LION-D: ``GRAD_U`` receives ``sum_j |pos_i - pos_j| G_ij``, its final gradient."""
+    bh, b, h, offs_m, qk_base, v_base = _program(H, N, D, DV, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    rows_ok = offs_m < N
+    q = _rows(Q, qk_base, offs_m, rows_ok, D, offs_d)
+    dy = _rows(DY, v_base, offs_m, rows_ok, DV, offs_dv)
+    if NORMALIZE:
+        inv = 1.0 / (tl.load(Z + bh * N + offs_m, mask=rows_ok, other=0.0) + eps)
+        y = _rows(OUT, v_base, offs_m, rows_ok, DV, offs_dv).to(tl.float32)
+        delta = -tl.sum(dy.to(tl.float32) * y, 1) * inv
+        tl.store(INV + bh * N + offs_m, inv, mask=rows_ok)
+        tl.store(DELTA + bh * N + offs_m, delta, mask=rows_ok)
+        dy = (dy.to(tl.float32) * inv[:, None]).to(q.dtype)
+    dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    after0 = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    before0 = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    after1 = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    before1 = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    seed = 0
+    if DROPOUT:
+        seed = tl.load(SEED)
+    for start_n in range(0, N, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        keys_ok = _real_keys(PAD, b, offs_n, N, HAS_PAD)
+        k = _rows(K, qk_base, offs_n, keys_ok, D, offs_d)
+        v = _rows(V, v_base, offs_n, keys_ok, DV, offs_dv)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        dp = tl.dot(dy, tl.trans(v), input_precision=PRECISION)
+        if NORMALIZE:
+            dp += delta[:, None]
+        da = dp
+        if DROPOUT:
+            keep = _keep(seed, bh, offs_m[:, None], offs_n[None, :], N, drop_threshold)
+            da = tl.where(keep, dp * drop_scale, 0.0)
+        ds = da
+        if NUM_PATHS > 0:
+            mask, m0, m1, delta0, delta1 = _decay_mask(
+                b, h, offs_m[:, None], offs_n[None, :], N, POS, DECAY, U, W, U_LO, W_LO, path_stride, batch_stride,
+                NUM_PATHS, DISTANCE, HAS_LO,
+            )
+            ds = da * mask
+            g = da * s
+            g0 = g * m0
+            if DISTANCE:
+                after0 += tl.sum(g0 * tl.abs(delta0), 1)
+            else:
+                after0 += tl.sum(tl.where(delta0 > 0, g0, 0.0), 1)
+                before0 += tl.sum(tl.where(delta0 < 0, g0, 0.0), 1)
+            if NUM_PATHS == 2:
+                g1 = g * m1
+                if DISTANCE:
+                    after1 += tl.sum(g1 * tl.abs(delta1), 1)
+                else:
+                    after1 += tl.sum(tl.where(delta1 > 0, g1, 0.0), 1)
+                    before1 += tl.sum(tl.where(delta1 < 0, g1, 0.0), 1)
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PRECISION)
+    _store_rows(DQ, qk_base, offs_m, rows_ok, D, offs_d, dq)
+    if NUM_PATHS > 0:
+        path_size = tl.num_programs(1) * N
+        tl.store(GRAD_U + bh * N + offs_m, after0, mask=rows_ok)
+        if not DISTANCE:
+            tl.store(GRAD_W + bh * N + offs_m, before0, mask=rows_ok)
+        if NUM_PATHS == 2:
+            tl.store(GRAD_U + path_size + bh * N + offs_m, after1, mask=rows_ok)
+            if not DISTANCE:
+                tl.store(GRAD_W + path_size + bh * N + offs_m, before1, mask=rows_ok)
+
+
+@triton.jit
+def _backward_kv_kernel(
+    Q, K, V, DY, INV, DELTA, DK, DVAL, GRAD_U, GRAD_W, PAD, POS, DECAY, U, W, U_LO, W_LO, SEED,
+    H, N, D, DV, path_stride, batch_stride, drop_threshold, drop_scale,
+    NUM_PATHS: tl.constexpr, DISTANCE: tl.constexpr, HAS_LO: tl.constexpr, HAS_PAD: tl.constexpr,
+    DROPOUT: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    """One block of keys against every query: ``dk``, ``dv`` and, LION-S, ``d/du`` and ``d/dw`` of its tokens
+    (the query kernel's row sums, in ``GRAD_U``/``GRAD_W``, combined with this kernel's column sums in place).
+
+    Tiles are (keys, queries), the transpose of the forward's, so that ``dk`` and ``dv`` are plain products."""
+    bh, b, h, offs_n, qk_base, v_base = _program(H, N, D, DV, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    in_range = offs_n < N
+    keys_ok = _real_keys(PAD, b, offs_n, N, HAS_PAD)
+    k = _rows(K, qk_base, offs_n, keys_ok, D, offs_d)
+    v = _rows(V, v_base, offs_n, keys_ok, DV, offs_dv)
+    dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_DV), dtype=tl.float32)
+    after0 = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    before0 = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    after1 = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    before1 = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    seed = 0
+    if DROPOUT:
+        seed = tl.load(SEED)
+    for start_m in range(0, N, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        rows_ok = offs_m < N
+        q = _rows(Q, qk_base, offs_m, rows_ok, D, offs_d)
+        dy = _rows(DY, v_base, offs_m, rows_ok, DV, offs_dv)
+        if NORMALIZE:
+            inv = tl.load(INV + bh * N + offs_m, mask=rows_ok, other=0.0)
+            dy = (dy.to(tl.float32) * inv[:, None]).to(q.dtype)
+        s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION)
+        dp_t = tl.dot(v, tl.trans(dy), input_precision=PRECISION)
+        if NORMALIZE:
+            dp_t += tl.load(DELTA + bh * N + offs_m, mask=rows_ok, other=0.0)[None, :]
+        a_t = s_t
+        if NUM_PATHS > 0:
+            mask, m0, m1, delta0, delta1 = _decay_mask(
+                b, h, offs_m[None, :], offs_n[:, None], N, POS, DECAY, U, W, U_LO, W_LO, path_stride, batch_stride,
+                NUM_PATHS, DISTANCE, HAS_LO,
+            )
+            a_t = s_t * mask
+        da_t = dp_t
+        p_t = a_t
+        if DROPOUT:
+            keep = _keep(seed, bh, offs_m[None, :], offs_n[:, None], N, drop_threshold)
+            p_t = tl.where(keep, a_t * drop_scale, 0.0)
+            da_t = tl.where(keep, dp_t * drop_scale, 0.0)
+        dv = tl.dot(p_t.to(dy.dtype), dy, dv, input_precision=PRECISION)
+        ds_t = da_t
+        if NUM_PATHS > 0:
+            ds_t = da_t * mask
+        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=PRECISION)
+        if NUM_PATHS > 0 and not DISTANCE:
+            g_t = da_t * s_t
+            g0 = g_t * m0
+            after0 += tl.sum(tl.where(delta0 > 0, g0, 0.0), 1)
+            before0 += tl.sum(tl.where(delta0 < 0, g0, 0.0), 1)
+            if NUM_PATHS == 2:
+                g1 = g_t * m1
+                after1 += tl.sum(tl.where(delta1 > 0, g1, 0.0), 1)
+                before1 += tl.sum(tl.where(delta1 < 0, g1, 0.0), 1)
+    _store_rows(DK, qk_base, offs_n, in_range, D, offs_d, dk)
+    _store_rows(DVAL, v_base, offs_n, in_range, DV, offs_dv, dv)
+    if NUM_PATHS > 0 and not DISTANCE:
+        _finish_segment_gradient(GRAD_U, GRAD_W, bh * N + offs_n, in_range, after0, before0)
+        if NUM_PATHS == 2:
+            path_size = tl.num_programs(1) * N
+            _finish_segment_gradient(GRAD_U, GRAD_W, path_size + bh * N + offs_n, in_range, after1, before1)
+
+
+@triton.jit
+def _finish_segment_gradient(GRAD_U, GRAD_W, index, ok, column_after, column_before):
+    """``log M_ij = u_i - u_j`` (i after j) or ``w_j - w_i`` (i before j): ``d/du`` is the row sums minus the
+    column sums over "after", ``d/dw`` the column sums minus the row sums over "before"."""
+    row_after = tl.load(GRAD_U + index, mask=ok, other=0.0)
+    row_before = tl.load(GRAD_W + index, mask=ok, other=0.0)
+    tl.store(GRAD_U + index, row_after - column_after, mask=ok)
+    tl.store(GRAD_W + index, column_before - row_before, mask=ok)
+
+
+# ------------------------------------------------------------------------------------------------ launches
+
+
+def _blocks(kernel: str, length: int, dtype: torch.dtype) -> dict:
+    """Tile sizes and launch settings of ``kernel`` ("forward", "backward_q", "backward_kv").
+
+    bf16/fp16: the fastest of a sweep on an H200 at ViT-B (197 tokens) and BERT-512 shapes, LION-S
+    (benchmarks/NOTES.md, benchmarks/results/kernels/time.log). float32 takes smaller tiles: its exact products
+    run on the CUDA cores and hold twice the registers.
+    """
+    if is_interpreted():
+        return dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1)
+    if dtype == torch.float32:
+        return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=2)
+    if kernel == "forward":
+        return dict(BLOCK_M=64, BLOCK_N=128 if length >= 384 else 64, num_warps=4, num_stages=2)
+    if kernel == "backward_q":
+        return dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2)
+    return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
+
+
+def _flags(q, v, positions, distance, u_lo, padding, dropout_p, normalize) -> dict:
+    return dict(
+        NUM_PATHS=0 if positions is None else positions.shape[0],
+        DISTANCE=distance is not None,
+        HAS_LO=u_lo is not None,
+        HAS_PAD=padding is not None,
+        DROPOUT=dropout_p > 0.0,
+        NORMALIZE=normalize,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        BLOCK_D=max(16, triton.next_power_of_2(q.shape[-1])),
+        BLOCK_DV=max(16, triton.next_power_of_2(v.shape[-1])),
+    )
+
+
+def _decay_strides(distance, u) -> tuple[int, int]:
+    """Strides of a path and of a batch element in the decay tensors; a batch stride of 0 shares one over the batch."""
+    decay = distance if distance is not None else u
+    if decay is None:
+        return 0, 0
+    return decay[0].numel(), decay[0, 0].numel() if decay.shape[1] > 1 else 0
+
+
+def _dropout_arguments(dropout_p: float) -> tuple[int, float]:
+    """The keep threshold out of 2**24 and the scale of kept scores."""
+    if dropout_p <= 0.0:
+        return 0, 1.0
+    return round(dropout_p * 2**24), 1.0 / (1.0 - dropout_p)
+
+
+def _pointers(q, padding, positions, distance, u, w, u_lo, w_lo, seed) -> list[torch.Tensor]:
+    """Tensor arguments in kernel order; an absent one is replaced by ``q``, which its kernel never reads."""
+    padding = None if padding is None else padding.view(torch.uint8)
+    tensors = (padding, positions, distance, u, w, u_lo, w_lo, seed)
+    return [q if t is None else t for t in tensors]
+
+
+def _forward(q, k, v, padding, positions, distance, u, w, u_lo, w_lo, seed, dropout_p, normalize, eps):
+    """``(Y, Z)``: the output and, when ``normalize``, the row sums ``(B, H, N)`` float32 (else empty)."""
+    batch, heads, length, dim = q.shape
+    value_dim = v.shape[-1]
+    out = torch.empty(batch, heads, length, value_dim, device=q.device, dtype=q.dtype)
+    z = torch.empty(batch, heads, length if normalize else 0, device=q.device, dtype=torch.float32)
+    config = _blocks("forward", length, q.dtype)
+    path_stride, batch_stride = _decay_strides(distance, u)
+    threshold, scale = _dropout_arguments(dropout_p)
+    _forward_kernel[(triton.cdiv(length, config["BLOCK_M"]), batch * heads)](
+        q, k, v, out, z if normalize else q, *_pointers(q, padding, positions, distance, u, w, u_lo, w_lo, seed),
+        heads, length, dim, value_dim, path_stride, batch_stride, eps, threshold, scale,
+        **_flags(q, v, positions, distance, u_lo, padding, dropout_p, normalize), **config,
+    )  # fmt: skip
+    return out, z
+
+
+def _backward(grad_out, q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed, dropout_p, normalize, eps):
+    """``(dq, dk, dv, d distance, d u, d w)``; the gradients of absent decays are empty tensors."""
+    batch, heads, length, dim = q.shape
+    value_dim = v.shape[-1]
+    dy = grad_out.contiguous()
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    paths = 0 if positions is None else positions.shape[0]
+    grad_u = torch.empty(max(paths, 1), batch, heads, length, device=q.device, dtype=torch.float32)
+    grad_w = torch.empty_like(grad_u) if u is not None else grad_u
+    if normalize:
+        inv, delta = (torch.empty(batch, heads, length, device=q.device, dtype=torch.float32) for _ in range(2))
+    else:
+        inv = delta = z = q
+    path_stride, batch_stride = _decay_strides(distance, u)
+    threshold, scale = _dropout_arguments(dropout_p)
+    flags = _flags(q, v, positions, distance, u_lo, padding, dropout_p, normalize)
+    pointers = _pointers(q, padding, positions, distance, u, w, u_lo, w_lo, seed)
+    config = _blocks("backward_q", length, q.dtype)
+    _backward_q_kernel[(triton.cdiv(length, config["BLOCK_M"]), batch * heads)](
+        q, k, v, out, z, dy, inv, delta, dq, grad_u, grad_w, *pointers,
+        heads, length, dim, value_dim, path_stride, batch_stride, eps, threshold, scale, **flags, **config,
+    )  # fmt: skip
+    # After the query kernel on the same stream: it reads the normaliser terms and row sums that kernel left.
+    config = _blocks("backward_kv", length, q.dtype)
+    _backward_kv_kernel[(triton.cdiv(length, config["BLOCK_N"]), batch * heads)](
+        q, k, v, dy, inv, delta, dk, dv, grad_u, grad_w, *pointers,
+        heads, length, dim, value_dim, path_stride, batch_stride, threshold, scale, **flags, **config,
+    )  # fmt: skip
+
+    def none():  # a fresh empty tensor each: an operator's outputs may not alias each other
+        return q.new_empty(0)
+
+    if distance is not None:
+        return dq, dk, dv, _sum_to(grad_u.sum(-1), distance), none(), none()
+    if u is not None:
+        return dq, dk, dv, none(), _sum_to(grad_u, u), _sum_to(grad_w, w)
+    return dq, dk, dv, none(), none(), none()
+
+
+def _sum_to(grad: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
+    """A per-batch-element gradient summed over the batch when the decay is shared by it."""
+    return grad.sum(1, keepdim=True) if decay.shape[1] == 1 and grad.shape[1] != 1 else grad
+
+
+def _input_gradients(saved, grad_out, options, backward):
+    """The gradient of every input of the forward (in its order) from ``backward``'s six tensors."""
+    q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed = saved
+    dq, dk, dv, grad_distance, grad_u, grad_w = backward(
+        grad_out, q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed, *options
+    )
+    grad_distance = grad_distance if distance is not None else None
+    grad_u, grad_w = (grad_u, grad_w) if u is not None else (None, None)
+    # The low parts of the running sums carry no gradient of their own (see _decay_terms).
+    return dq, dk, dv, None, None, grad_distance, grad_u, grad_w, None, None, None
+
+
+# -------------------------------------------------------------- torch.library operators (torch.compile) and eager
+
+# One namespace entry per copy of this file: a checkpoint's remote code imports its own copy next to lion_hf's.
+_OP_PREFIX = "lion_hf::" + re.sub(r"\W", "_", __name__)
+
+
+# What both operators take after their own tensors: the key padding, the decay terms (see _decay_terms), the
+# dropout seed and the options.
+_TERMS = (
+    "Tensor? padding, Tensor? positions, Tensor? distance, Tensor? u, Tensor? w, Tensor? u_lo, Tensor? w_lo, "
+    "Tensor? seed, float dropout_p, bool normalize, float eps"
+)
+
+
+@torch.library.custom_op(
+    _OP_PREFIX + "_parallel_forward", mutates_args=(), schema=f"(Tensor q, Tensor k, Tensor v, {_TERMS}) -> (Tensor, Tensor)"
+)
+def _forward_op(q, k, v, *terms):
+    return _forward(q, k, v, *terms)
+
+
+@_forward_op.register_fake
+def _(q, k, v, *terms):
+    batch, heads, length, _ = q.shape
+    normalize = terms[-2]
+    out = q.new_empty(batch, heads, length, v.shape[-1])
+    return out, q.new_empty(batch, heads, length if normalize else 0, dtype=torch.float32)
+
+
+@torch.library.custom_op(
+    _OP_PREFIX + "_parallel_backward",
+    mutates_args=(),
+    schema=f"(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor z, {_TERMS}) -> (Tensor, Tensor, "
+    "Tensor, Tensor, Tensor, Tensor)",
+)
+def _backward_op(grad_out, q, k, v, out, z, *terms):
+    return _backward(grad_out, q, k, v, out, z, *terms)
+
+
+@_backward_op.register_fake
+def _(grad_out, q, k, v, out, z, padding, positions, distance, u, *rest):
+    def like(decay):
+        return q.new_empty(0) if decay is None else torch.empty_like(decay)
+
+    w = rest[0]
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), like(distance), like(u), like(w)
+
+
+def _setup_context(ctx, inputs, output):
+    *tensors, dropout_p, normalize, eps = inputs
+    q, k, v, padding, positions, distance, u, w, u_lo, w_lo, seed = tensors
+    ctx.save_for_backward(q, k, v, *output, padding, positions, distance, u, w, u_lo, w_lo, seed)
+    ctx.options = (dropout_p, normalize, eps)
+
+
+def _backward_of_forward_op(ctx, grad_out, grad_z):
+    return (*_input_gradients(ctx.saved_tensors, grad_out, ctx.options, _backward_op), None, None, None)
+
+
+_forward_op.register_autograd(_backward_of_forward_op, setup_context=_setup_context)
+
+
+class _EagerAttention(torch.autograd.Function):
+    """The same forward and backward as the operators, for eager mode: an ``autograd.Function`` costs about half
+    the host time of a ``torch.library`` operator with autograd (measured on the CPU: 52 against 108 us per
+    forward + backward, kernels stubbed), which a training step pays once per layer."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, padding, positions, distance, u, w, u_lo, w_lo, seed, dropout_p, normalize, eps):
+        out, z = _forward(q, k, v, padding, positions, distance, u, w, u_lo, w_lo, seed, dropout_p, normalize, eps)
+        ctx.save_for_backward(q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed)
+        ctx.options = (dropout_p, normalize, eps)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return (*_input_gradients(ctx.saved_tensors, grad_out, ctx.options, _backward), None, None, None)
+
+
+# ---------------------------------------------------------------------------------------- the entry point
+
+
+def unsupported(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_padding_mask, dropout_p) -> str | None:
+    """Why the kernels cannot run these inputs (``lion_attention``'s dispatch), or ``None``."""
+    device = q.device.type
+    if device != "cuda" and not (device == "cpu" and is_interpreted()):
+        return f"{device} tensors (the kernels run on CUDA, or on the CPU through TRITON_INTERPRET=1)"
+    if q.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        return f"dtype {q.dtype} (the kernels take bfloat16, float16 and float32)"
+    if q.numel() == 0 or v.numel() == 0:
+        return f"empty inputs (q {tuple(q.shape)}, v {tuple(v.shape)})"
+    low, high = HEAD_DIMS
+    if not (low <= q.shape[-1] <= high and low <= v.shape[-1] <= high):
+        return f"head dims {q.shape[-1]} (queries) and {v.shape[-1]} (values); the kernels take {low} to {high}"
+    if log_decays is not None and len(log_decays) > MAX_PATHS:
+        return f"{len(log_decays)} paths (the kernels take at most {MAX_PATHS})"
+    if q.shape[0] * q.shape[1] > MAX_BATCH_HEADS:
+        return f"batch x heads = {q.shape[0] * q.shape[1]} (the kernels take at most {MAX_BATCH_HEADS})"
+    if dropout_p > 0.0 and q.shape[2] > MAX_DROPOUT_LENGTH:
+        return f"score dropout on {q.shape[2]} tokens (the kernels' dropout takes at most {MAX_DROPOUT_LENGTH})"
+    return None
+
+
+def parallel_attention(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_padding_mask, dropout_p):
+    """The parallel form through the fused kernels (``AttentionImplementation.run`` of ``lion_attention``)."""
+    terms = _decay_terms(q, log_decays, orders)
+    seed = None
+    if dropout_p > 0.0:
+        # Drawn from torch's generator: torch.manual_seed reproduces the dropout, and recomputation under
+        # activation checkpointing (which restores the generator) draws the same mask.
+        seed = torch.randint(0, 2**62, (1,), device=q.device, dtype=torch.int64)
+    args = (q, k, v, key_padding_mask, *terms, seed, dropout_p, normalize, eps)
+    if torch.compiler.is_compiling():
+        return _forward_op(*args)[0]
+    return _EagerAttention.apply(*args)
+
+
+def _decay_terms(q, log_decays, orders):
+    """``(positions, distance, u, w, u_lo, w_lo)`` of the paths; absent ones ``None``.
+
+    ``positions``: ``(P, N)`` float32, the step at which each path visits each token. LION-D (every path constant
+    along the tokens): ``distance`` ``(P, B or 1, H)``, the log-decays. Otherwise ``u``, ``w`` ``(P, B or 1, H, N)``:
+    the exclusive and inclusive running sums along each path, in token order; for float32 inputs summed in float64
+    and split into a float32 high part and a low part (``u_lo``, ``w_lo``, outside autograd: the gradient
+    reaches the sums through the high part).
+    """
+    if log_decays is None:
+        return None, None, None, None, None, None
+    length = q.shape[2]
+    steps = [None if order is None else torch.argsort(order) for order in orders]
+    positions = _stack(
+        [torch.arange(length, device=q.device) if s is None else s for s in steps], torch.float32
+    ).contiguous()
+    batch = max(ld.shape[0] for ld in log_decays)
+    if all(ld.shape[-1] == 1 or ld.stride(-1) == 0 for ld in log_decays):
+        distance = _stack([ld[..., 0].expand(batch, -1) for ld in log_decays], torch.float32).contiguous()
+        return positions, distance, None, None, None, None
+    exact = q.dtype == torch.float32
+    sum_dtype = torch.float64 if exact else torch.float32
+    sums = [_segment_sums(ld, order, step, sum_dtype) for ld, order, step in zip(log_decays, orders, steps)]
+    u = _stack([s[0].expand(batch, -1, -1) for s in sums], sum_dtype).contiguous()
+    w = _stack([s[1].expand(batch, -1, -1) for s in sums], sum_dtype).contiguous()
+    if not exact:
+        return positions, None, u, w, None, None
+    u_hi, w_hi = u.to(torch.float32), w.to(torch.float32)
+    with torch.no_grad():
+        u_lo, w_lo = (u - u_hi.double()).to(torch.float32), (w - w_hi.double()).to(torch.float32)
+    return positions, None, u_hi, w_hi, u_lo, w_lo
+
+
+def _stack(tensors: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """The paths stacked along a new first dim (a view for a single path)."""
+    if len(tensors) == 1:
+        return tensors[0].to(dtype).unsqueeze(0)
+    return torch.stack(tensors).to(dtype)
+
+
+def _segment_sums(log_decay, order, step, dtype):
+    """Exclusive and inclusive running sums of the log-decays along the path, in token order."""
+    log_a = log_decay.to(dtype)
+    along = log_a if order is None else log_a[..., order]
+    inclusive = along.cumsum(-1)
+    exclusive = inclusive - along
+    if step is None:
+        return exclusive, inclusive
+    return exclusive[..., step], inclusive[..., step]

@@ -1,0 +1,159 @@
+"""Timings of the fused parallel-form kernels on a GPU: the device's ceilings, the operator against SDPA, and a sweep
+of tile sizes per kernel. ``python tests/gpu/time_kernels.py [--sweep]``; medians of ``triton.testing.do_bench``.
+
+Not collected by pytest. What it printed on an H200 is in benchmarks/NOTES.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from lion_hf import lion_attention
+from lion_hf.modeling import lion_triton
+
+BATCH, HEADS, HEAD_DIM = 4, 12, 64
+
+
+def bench(fn) -> float:
+    return triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median")
+
+
+def ceilings() -> None:
+    """A device-to-device copy (bytes read + written) and a large bf16 matrix product, on random data."""
+    x = torch.rand(2**29, device="cuda")  # 2 GiB
+    y = torch.empty_like(x)
+    ms = bench(lambda: y.copy_(x))
+    print(f"copy: {2 * x.numel() * 4 / ms / 1e9:.2f} TB/s")
+    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    ms = bench(lambda: a @ b)
+    print(f"bf16 matmul 8192^3: {2 * 8192**3 / ms / 1e9:.0f} TFLOP/s")
+
+
+def operator_inputs(length: int, batch=BATCH, generator=None):
+    shape = (batch, HEADS, length, HEAD_DIM)
+    q, k = ((torch.rand(*shape, device="cuda", generator=generator) + 0.1).bfloat16().requires_grad_() for _ in "qk")
+    v = (torch.rand(*shape, device="cuda", generator=generator) - 0.5).bfloat16().requires_grad_()
+    grad = torch.randn(*shape, device="cuda", generator=generator).bfloat16()
+    decay_logit = (torch.randn(2, HEADS, 1, device="cuda") + 3).requires_grad_()
+    gate = (torch.randn(2, batch, HEADS, length, device="cuda") + 3).requires_grad_()
+    return q, k, v, grad, decay_logit, gate
+
+
+def lion_call(variant, paths, backend, q, k, v, grad, decay_logit, gate, normalize=True, mask=None, dropout_p=0.0):
+    length = q.shape[2]
+    orders = None if paths == 1 else [torch.randperm(length, device="cuda") for _ in range(paths)]
+    scale = HEAD_DIM**-0.5
+
+    def call():
+        params = (q, k, v)
+        if variant == "lit":
+            decays = None
+        elif variant == "d":
+            decays = [F.logsigmoid(decay_logit[p]).expand(1, HEADS, length) for p in range(paths)]
+            params += (decay_logit,)
+        else:
+            decays = [F.logsigmoid(gate[p]) for p in range(paths)]
+            params += (gate,)
+        out = lion_attention(
+            q * scale, k, v, decays, orders, normalize=normalize, key_padding_mask=mask, dropout_p=dropout_p,
+            training=dropout_p > 0, backend=backend,
+        )  # fmt: skip
+        torch.autograd.grad(out, params, grad)
+
+    return call
+
+
+def operator_table(lengths) -> None:
+    """Forward + backward, bf16, B 4, H 12, D 64, normalised (as the benchmark's operator group)."""
+    print(f"\noperator fwd+bwd, B {BATCH} H {HEADS} D {HEAD_DIM}, bf16 (ms; ratio to SDPA)")
+    for length in lengths:
+        q, k, v, grad, decay_logit, gate = operator_inputs(length)
+
+        def sdpa():
+            out = F.scaled_dot_product_attention(q, k, v)
+            torch.autograd.grad(out, (q, k, v), grad)
+
+        base = bench(sdpa)
+        sdpa_fwd = bench(lambda: F.scaled_dot_product_attention(q, k, v))
+        flops = 4 * BATCH * HEADS * length**2 * HEAD_DIM
+        row = [f"N={length}: SDPA {base:.3f} (fwd {sdpa_fwd:.3f}, {3.5 * flops / base / 1e9:.0f} TFLOP/s)"]
+        for variant, paths in (("lit", 1), ("d", 1), ("s", 1), ("d", 2), ("s", 2)):
+            name = variant.upper() + ("x2" if paths == 2 else "")
+            ms = bench(lion_call(variant, paths, "triton", q, k, v, grad, decay_logit, gate))
+            row.append(f"{name} {ms:.3f} ({ms / base:.2f})")
+            if paths == 1:
+                torch_ms = bench(lion_call(variant, paths, "pytorch", q, k, v, grad, decay_logit, gate))
+                row.append(f"[pytorch {torch_ms:.3f}]")
+        with torch.no_grad():
+            fwd = bench(lambda: lion_attention(q, k, v, [F.logsigmoid(gate[0])], normalize=True, backend="triton"))
+        row.append(f"S fwd {fwd:.3f} ({flops / fwd / 1e9:.0f} TFLOP/s of qk+pv)")
+        print("  " + " | ".join(row))
+
+
+def dropout_cost() -> None:
+    """BERT-512-shaped attention (B 32, un-normalised, padded keys): score dropout 0.1 against none."""
+    q, k, v, grad, decay_logit, gate = operator_inputs(512, batch=32)
+    mask = torch.ones(32, 512, dtype=torch.bool, device="cuda")
+    for variant in ("lit", "s"):
+        row = []
+        for p in (0.0, 0.1):
+            ms = bench(lion_call(variant, 1, "triton", q, k, v, grad, decay_logit, gate, False, mask, p))
+            row.append(f"p={p}: {ms:.3f}")
+        sdpa = bench(lambda: torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, dropout_p=0.1), (q, k, v), grad))
+        print(f"dropout, BERT-512 shape, {variant}: " + ", ".join(row) + f" | SDPA p=0.1: {sdpa:.3f}")
+
+
+FORWARD = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 4, 2), (128, 64, 8, 2), (128, 128, 8, 2), (64, 128, 4, 2), (128, 32, 4, 2)]
+KEYS = [(64, 64, 4, 2), (32, 64, 4, 2), (32, 128, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2), (64, 64, 4, 3), (64, 128, 4, 2)]
+QUERIES = [(64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 2), (64, 32, 4, 2), (128, 64, 4, 2), (64, 64, 4, 3), (128, 128, 8, 2)]
+
+
+def sweep() -> None:
+    """Each kernel's candidates with the others at their defaults: S, one path, bf16, at two training shapes."""
+    default = lion_triton._blocks
+    shapes = [("ViT-B (B64 N197, normalised)", 64, 197, True), ("BERT-512 (B32 N512, padded)", 32, 512, False)]
+    for label, batch, length, normalize in shapes:
+        q, k, v, grad, decay_logit, gate = operator_inputs(length, batch=batch)
+        mask = None if normalize else torch.ones(batch, length, dtype=torch.bool, device="cuda")
+        decays = [F.logsigmoid(gate[0])]
+        terms = lion_triton._decay_terms(q, decays, [None])
+        args = (q, k, v, mask, *terms, None, 0.0, normalize, 1e-6)
+        out, z = lion_triton._forward(*args)
+        print(f"\nsweep {label}: (BLOCK_M, BLOCK_N, warps, stages) -> ms")
+        for kernel, candidates in (("forward", FORWARD), ("backward_kv", KEYS), ("backward_q", QUERIES)):
+            results = []
+            for block_m, block_n, warps, stages in candidates:
+                chosen = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+                lion_triton._blocks = lambda name, *a, c=chosen, k=kernel: c if name == k else default(name, *a)
+                try:
+                    if kernel == "forward":
+                        ms = bench(lambda: lion_triton._forward(*args))
+                    else:
+                        ms = bench(lambda: lion_triton._backward(grad, q, k, v, out, z, *args[3:]))
+                    results.append(((block_m, block_n, warps, stages), ms))
+                except Exception as error:  # out of shared memory or registers: report and go on
+                    print(f"  {kernel} {(block_m, block_n, warps, stages)}: {type(error).__name__} {str(error)[:80]}")
+                finally:
+                    lion_triton._blocks = default
+            results.sort(key=lambda r: r[1])
+            print(f"  {kernel}: " + ", ".join(f"{c} {ms:.3f}" for c, ms in results))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sweep", action="store_true", help="also sweep the tile sizes of each kernel")
+    args = parser.parse_args()
+    print(torch.cuda.get_device_name(), torch.__version__, triton.__version__)
+    ceilings()
+    operator_table((197, 512, 1024))
+    dropout_cost()
+    if args.sweep:
+        sweep()
+
+
+if __name__ == "__main__":
+    main()
