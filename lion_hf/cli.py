@@ -8,8 +8,9 @@ import platform
 import sys
 
 from lion_hf import __version__
-from lion_hf.cards import CODE_LICENSE
-from lion_hf.export import DEFAULT_MAX_SHARD_SIZE
+from lion_hf.cards import CODE_LICENSE, Evaluation, Provenance
+from lion_hf.export import DEFAULT_MAX_SHARD_SIZE, export_folder
+from lion_hf.hub import push_folder
 from lion_hf.load_check import LoadCheckError
 
 # Exit statuses of export and push (convert has its own, the same where they overlap): 2 refused input or no
@@ -87,9 +88,6 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from lion_hf.cards import Evaluation, Provenance
-    from lion_hf.export import export_folder
-
     provenance = Provenance(
         command=args.command_line,
         data=args.data,
@@ -116,8 +114,6 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from lion_hf.hub import push_folder
-
     push_folder(
         args.folder,
         args.repo_id,
