@@ -9,16 +9,20 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
+    license_files=["LICENSE"],
     python_requires=">=3.10",
     # modeling/ is the single source of the model code: it ships inside checkpoints as remote code and is
-    # installed here as lion_hf.modeling. conversion/ (original checkpoints -> Hub folders) becomes lion_hf.conversion.
-    packages=["lion_hf", "lion_hf.modeling", "lion_hf.conversion"],
-    package_dir={"lion_hf.modeling": "modeling", "lion_hf.conversion": "conversion"},
+    # installed here as lion_hf.modeling. conversion/ (original checkpoints -> Hub folders) becomes lion_hf.conversion,
+    # model_cards/ (the card template) lion_hf.model_cards.
+    packages=["lion_hf", "lion_hf.modeling", "lion_hf.conversion", "lion_hf.model_cards"],
+    package_dir={"lion_hf.modeling": "modeling", "lion_hf.conversion": "conversion", "lion_hf.model_cards": "model_cards"},
+    package_data={"lion_hf.model_cards": ["*.md"]},
     install_requires=[
         "torch>=2.4",
         "transformers>=5.17,<6",
         "safetensors>=0.4.3",
         "huggingface_hub>=1.0",
+        "jinja2>=3.1",  # model cards: huggingface_hub's ModelCard.from_template
         "tokenizers>=0.21",
         "accelerate>=1.1",
         "datasets>=3.0",

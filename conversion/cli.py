@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import traceback
-
-from transformers.utils import logging as transformers_logging
 
 from . import mlm, vision
 from .verify import VerificationError
@@ -54,13 +53,14 @@ def build_parser(prog: str = "lion-hf convert") -> argparse.ArgumentParser:
     return parser
 
 
-def _convert(args: argparse.Namespace):
+def _convert(args: argparse.Namespace, command_line: str):
     shared = dict(
         verify=args.verify,
         tolerance=args.tolerance,
         trust_checkpoint=args.trust_checkpoint,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        command_line=command_line,
     )
     if args.checkpoint_format == "vision":
         return vision.convert_vision(
@@ -82,13 +82,11 @@ def _convert(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None, prog: str = "lion-hf convert") -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser(prog).parse_args(argv)
-    # transformers' own bars (writing and loading the weights) follow --no-progress too, for this call only.
-    transformers_bars = transformers_logging.is_progress_bar_enabled()
-    if args.no_progress:
-        transformers_logging.disable_progress_bar()
     try:
-        result = _convert(args)
+        # The card records the command; `lion-hf convert` and `python -m lion_hf.conversion` take the same arguments.
+        result = _convert(args, f"{prog} {shlex.join(argv)}")
     except VerificationError as error:
         print(error.report.to_text())
         print(
@@ -105,9 +103,6 @@ def main(argv: list[str] | None = None, prog: str = "lion-hf convert") -> int:
         traceback.print_exc()
         print(f"error: nothing written to {args.output}: the conversion failed unexpectedly (above).", file=sys.stderr)
         return EXIT_UNEXPECTED
-    finally:
-        if transformers_bars:
-            transformers_logging.enable_progress_bar()
     if result.report is not None:
         print(result.report.to_text())
     print(f"wrote {type(result.model).__name__} to {result.output}")

@@ -1,4 +1,4 @@
-"""The steps every conversion shares: load safely, map the weights, save, verify, then publish the folder."""
+"""The steps every conversion shares: load safely, map the weights, then export (save, verify, publish the folder)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
-from transformers.utils import logging
 
-from lion_hf import LionPreTrainedModel, lion_image_processor
+from lion_hf import LionPreTrainedModel, Provenance, export_folder
+from lion_hf.progress import Steps
+from lion_hf.staging import check_inputs_outside, check_output_folder
 
 from .checkpoint import load_checkpoint
-from .export import check_inputs_outside, check_output_folder, model_card, staged_folder
 from .state_dict import Source, remap_state_dict
 from .verify import VerificationError, VerificationReport, verify_model
-
-logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -75,18 +72,20 @@ def run_conversion(
     overwrite: bool = False,
     progress: bool = True,
     inputs: Iterable[str | Path | None] = (),
+    command_line: str | None = None,
 ) -> ConversionResult:
-    """Load ``checkpoint``, turn it into a model with ``build``, write the folder, verify it, publish it.
+    """Load ``checkpoint``, turn it into a model with ``build``, and export it to ``output`` (verified first).
 
     ``verify``: an io safetensors file (the original code's inputs and outputs) run through the written folder in
     every attention form; any output further than ``tolerance`` (max abs, float32) from its reference raises a
     :class:`VerificationError` carrying the report. ``trust_checkpoint``: unpickle everything (trusted files
     only). ``overwrite``: replace a non-empty ``output``. ``progress``: a progress bar over the steps.
     ``inputs``: the other files and folders the conversion reads (a JSON config, a tokenizer folder).
+    ``command_line``: the command the model card records (the CLI passes its own).
 
-    The folder is written beside ``output`` and moved into place only when everything succeeded, verification
-    included: a failure at any step leaves nothing behind. An ``output`` that is, or contains, the checkpoint,
-    ``verify`` or one of ``inputs`` is refused before anything is written.
+    The folder is written by :func:`lion_hf.export_folder`: beside ``output``, moved into place only when
+    everything succeeded, verification included, so a failure at any step leaves nothing behind. An ``output``
+    that is, or contains, the checkpoint, ``verify`` or one of ``inputs`` is refused before anything is written.
     """
     checkpoint, output = Path(checkpoint), Path(output)
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < math.inf:
@@ -95,55 +94,31 @@ def run_conversion(
     check_output_folder(output, overwrite)
     if verify is not None and not Path(verify).is_file():
         raise FileNotFoundError(f"Reference io file {str(verify)!r} does not exist.")
-    total_steps = 4 if verify is not None else 3  # loading, mapping, saving, verifying
-    report = None
-    with tqdm(total=total_steps, desc=f"convert {command}", unit="step", disable=not progress) as bar:
-        bar.set_postfix_str("loading")
-        original = load_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint)
-        bar.update()
-        bar.set_postfix_str("mapping")
-        model = build(original)
-        if tokenizer is not None and len(tokenizer) > model.config.vocab_size:
-            raise ValueError(
-                f"The tokenizer has {len(tokenizer)} tokens but the model's vocabulary has "
-                f"{model.config.vocab_size}: it is not this model's tokenizer."
-            )
-        bar.update()
-        with staged_folder(output, overwrite) as stage:
-            bar.set_postfix_str("saving")
-            model.save_pretrained(stage)
-            if model.config.modality == "vision":
-                _save_image_processor(model.config, stage)
-            if tokenizer is not None:
-                # Pipelines truncate to model_max_length; the model cannot take more than its position table.
-                tokenizer.model_max_length = min(tokenizer.model_max_length, model.config.max_position_embeddings)
-                tokenizer.save_pretrained(stage)
-            bar.update()
-            if verify is not None:
-                bar.set_postfix_str("verifying")
-                reloaded = type(model).from_pretrained(stage, dtype=torch.float32)
-                report = verify_model(reloaded, verify, tolerance)
-                bar.update()
-                if not report.passed:
-                    raise VerificationError(report)
-            card = model_card(
-                model,
-                source=checkpoint,
-                source_format=source_format,
-                command=command,
-                report=report,
-                has_tokenizer=tokenizer is not None,
-            )
-            (stage / "README.md").write_text(card, encoding="utf-8")
-    return ConversionResult(output, model, report)
+    reports = []
 
-
-def _save_image_processor(config, folder: Path) -> None:
-    """DeiT's evaluation transform, so that AutoImageProcessor and pipeline("image-classification") work."""
-    if config.num_channels != 3:
-        logger.warning(
-            f"No image processor saved: num_channels={config.num_channels} has no standard ImageNet processor; "
-            "save your own into the folder."
+    def verified(folder: Path) -> str:
+        reloaded = type(model).from_pretrained(folder, dtype=torch.float32)
+        report = verify_model(reloaded, verify, tolerance)
+        if not report.passed:
+            raise VerificationError(report)
+        reports.append(report)
+        return (
+            f"Maximum absolute difference to the original code's outputs on `{report.reference.name}` (float32), "
+            f"in every attention form (tolerance {tolerance:g}):\n\n{report.to_markdown()}"
         )
-        return
-    lion_image_processor(config).save_pretrained(folder)
+
+    with Steps(f"convert {command}", 2, enabled=progress) as steps:
+        steps.start("loading")
+        original = load_checkpoint(checkpoint, trust_checkpoint=trust_checkpoint)
+        steps.start("mapping")
+        model = build(original)
+        export_folder(
+            model,
+            output,
+            tokenizer=tokenizer,
+            provenance=Provenance(command=command_line, converted_from=checkpoint.name, source_format=source_format),
+            overwrite=overwrite,
+            verify=verified if verify is not None else None,
+            progress=steps,
+        )
+    return ConversionResult(output, model, reports[0] if reports else None)

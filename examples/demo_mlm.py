@@ -2,8 +2,8 @@
 
 The corpus is the docstrings of the Python standard library, real English that every Python installation
 carries. The script trains a WordPiece tokenizer on it with `tokenizers`, pretrains a `LionForMaskedLM` with
-`transformers.Trainer`, saves a Hub-ready folder (safetensors, config with `auto_map`, the model's own code,
-the tokenizer), and then, in a fresh Python process that does not import `lion_hf`, reloads the folder with
+`transformers.Trainer`, exports a Hub-ready folder with `lion_hf.export_folder` (safetensors, config with
+`auto_map`, the model's own code, the tokenizer, a model card with the held-out loss), and then, in a fresh Python process that does not import `lion_hf`, reloads the folder with
 `AutoModelForMaskedLM.from_pretrained(..., trust_remote_code=True)`, prints `fill-mask` predictions on held-out
 docstring sentences, and the largest difference between the three attention forms.
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import math
 import os
 import random
 import re
@@ -176,13 +177,31 @@ def pretrain(args: argparse.Namespace) -> None:
     )
     trainer.train()
     metrics = trainer.evaluate()
-    print(f"held-out masked-token loss {metrics['eval_loss']:.3f} (perplexity {torch.exp(torch.tensor(metrics['eval_loss'])):.1f})")
+    # As transformers' run_mlm.py reports it.
+    metrics["perplexity"] = math.exp(metrics["eval_loss"])
+    print(f"held-out masked-token loss {metrics['eval_loss']:.3f} (perplexity {metrics['perplexity']:.1f})")
 
     folder = args.output_dir / "model"
-    # lion_hf registered the classes for the Auto API, so the folder gets config.json with auto_map and the
-    # modeling files next to model.safetensors: everything transformers needs to load it without lion_hf.
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    # The project's one export path: config.json with auto_map, the modeling files, model.safetensors, the
+    # tokenizer and a model card: everything transformers needs to load it without lion_hf, and a Hub user to trust it.
+    lion_hf.export_folder(
+        model,
+        folder,
+        tokenizer=tokenizer,
+        metrics=metrics,
+        provenance=lion_hf.Provenance(
+            command="python examples/demo_mlm.py " + " ".join(sys.argv[1:]),
+            data=f"docstrings of the Python {sys.version_info.major}.{sys.version_info.minor} standard library "
+            f"({len(train_texts)} paragraphs; {len(held_out)} more held out for the evaluation), with a WordPiece "
+            f"tokenizer of {len(tokenizer)} tokens trained on them.",
+            limitations=[
+                f"A demo: {args.steps} optimizer steps of a model of {model.num_parameters():,} parameters on a "
+                "small corpus; it mostly predicts frequent words."
+            ],
+        ),
+        overwrite=True,
+        progress=False,
+    )
     (args.output_dir / HELD_OUT_FILE).write_text("\n".join(held_out) + "\n", encoding="utf-8")
     print(f"saved {folder} ({', '.join(sorted(p.name for p in folder.iterdir()))}) "
           f"after {time.perf_counter() - started:.0f} s")

@@ -2,11 +2,14 @@
 
 Importing this package registers `LionConfig` and every LION model with the transformers Auto classes, so
 installed users need no `trust_remote_code`; saved checkpoints carry the model code for those who do not
-install it.
+install it. `export_folder` writes Hub-ready folders (with their model card), `push_folder` publishes them.
 """
 
 import transformers
 
+from .cards import Evaluation, Provenance, render_card
+from .export import export_folder
+from .hub import push_folder
 from .image_processing import lion_image_processor
 from .modeling.configuration_lion import PRESETS, LionConfig
 from .modeling.lion_attention import ATTENTION_BACKENDS, ATTENTION_FORMS, lion_attention, lion_attention_weights
@@ -52,6 +55,7 @@ __all__ = [
     "ATTENTION_BACKENDS",
     "ATTENTION_FORMS",
     "PRESETS",
+    "Evaluation",
     "LionConfig",
     "LionForImageClassification",
     "LionForImageClassificationWithTeacher",
@@ -62,9 +66,13 @@ __all__ = [
     "LionForTokenClassification",
     "LionModel",
     "LionPreTrainedModel",
+    "Provenance",
     "distillation_loss",
+    "export_folder",
     "lion_attention",
     "lion_attention_weights",
     "lion_image_processor",
+    "push_folder",
+    "render_card",
     "snake_orders",
 ]

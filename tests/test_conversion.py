@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import run_without_lion_hf
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, BertTokenizer
 
@@ -164,6 +165,20 @@ def test_converted_folders_are_complete_and_load_without_lion_hf(converted, tmp_
     assert len(differences) == len(jobs) * len(ATTENTION_FORMS)
     worst = {key: value for key, value in differences.items() if value > TOLERANCE}
     assert not worst, worst
+
+
+def test_converted_cards_state_the_original_weights_licence_apart_from_the_code_and_show_the_verification(converted):
+    for fixture, folder in converted.values():
+        card = ModelCard.load(folder / "README.md")  # huggingface_hub's parse and metadata checks
+        assert (card.data.license, card.data.license_name, card.data.license_link) == (
+            "other", "epfl-lion-non-commercial", "https://github.com/LIONS-EPFL/LION/blob/main/LICENSE.txt"
+        )  # fmt: skip
+        assert card.data.library_name == "transformers" and "lion" in card.data.tags
+        assert f"Converted from the original LION checkpoint `{fixture.checkpoint.name}`" in card.text
+        assert "EPFL's Non-Commercial License Agreement" in card.text and "lion-hf,\n  Apache-2.0" in card.text
+        assert f"on `{fixture.io.name}` (float32)" in card.text
+        rows = [line for line in card.text.splitlines() if line.startswith("| ") and "e-" in line]
+        assert [row.split(" | ")[0].removeprefix("| ").split(" ")[0] for row in rows] == list(ATTENTION_FORMS)
 
 
 # --------------------------------------------------------------------------------------------- refusals
@@ -423,6 +438,9 @@ def test_cli_converts_and_verifies_and_fails_on_a_tampered_reference(fixtures, t
     out = capsys.readouterr().out
     assert "PASSED" in out and all(form in out for form in ATTENTION_FORMS)
     assert (tmp_path / "ok" / "model.safetensors").is_file()
+    assert f"Command: `lion-hf convert vision {fixture.checkpoint} {tmp_path / 'ok'} --no-progress" in (
+        tmp_path / "ok" / "README.md"
+    ).read_text()
 
     tampered = load_file(fixture.io)
     tampered["logits"] = tampered["logits"].clone()
