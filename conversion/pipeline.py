@@ -8,13 +8,16 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+from transformers.utils import logging
 
-from lion_hf import LionPreTrainedModel
+from lion_hf import LionPreTrainedModel, lion_image_processor
 
 from .checkpoint import load_checkpoint
 from .export import check_output_folder, model_card, staged_folder
 from .state_dict import Source, remap_state_dict
 from .verify import VerificationError, VerificationReport, verify_model
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -88,6 +91,8 @@ def run_conversion(
         with staged_folder(output, overwrite) as stage:
             bar.set_postfix_str("saving")
             model.save_pretrained(stage)
+            if model.config.modality == "vision":
+                _save_image_processor(model.config, stage)
             if tokenizer is not None:
                 # Pipelines truncate to model_max_length; the model cannot take more than its position table.
                 tokenizer.model_max_length = min(tokenizer.model_max_length, model.config.max_position_embeddings)
@@ -110,3 +115,14 @@ def run_conversion(
             )
             (stage / "README.md").write_text(card, encoding="utf-8")
     return ConversionResult(output, model, report)
+
+
+def _save_image_processor(config, folder: Path) -> None:
+    """DeiT's evaluation transform, so that AutoImageProcessor and pipeline("image-classification") work."""
+    if config.num_channels != 3:
+        logger.warning(
+            f"No image processor saved: num_channels={config.num_channels} has no standard ImageNet processor; "
+            "save your own into the folder."
+        )
+        return
+    lion_image_processor(config).save_pretrained(folder)

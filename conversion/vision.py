@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from lion_hf import PRESETS, LionConfig, LionForImageClassification
+from lion_hf.modeling.lion_attention import check_choice
 
 from .pipeline import ConversionResult, load_weights, run_conversion
 from .state_dict import Source
@@ -69,11 +70,6 @@ RENAMES = (
 )
 
 
-def _choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"Unknown {name} {value!r}; allowed: {', '.join(map(repr, allowed))}.")
-
-
 def read_constructor_json(path: str | Path) -> dict:
     """Constructor arguments from a JSON file: either the arguments themselves or ``{"constructor": {...}}``."""
     content = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -121,9 +117,9 @@ def original_arguments(
             "as JSON (--original-config, e.g. the run's NAME.json) or as flags (--model, --embed-dim, --depth, "
             "--num-heads, --patch-size, --img-size, --num-classes, --mask-type, --order, --pos-emb, --cls-tok)."
         )
-    _choice("mask_type", arguments["mask_type"], MASK_TYPES)
-    _choice("order", arguments["order"], ORDERS)
-    _choice("format", arguments["format"], FORMATS)
+    check_choice("mask_type", arguments["mask_type"], MASK_TYPES)
+    check_choice("order", arguments["order"], ORDERS)
+    check_choice("format", arguments["format"], FORMATS)
     if arguments["qk_scale"] is not None:
         raise ValueError(
             f"qk_scale={arguments['qk_scale']!r} is not supported: LION models scale scores by head_dim ** -0.5 "

@@ -5,20 +5,14 @@ installed users need no `trust_remote_code`; saved checkpoints carry the model c
 install it.
 """
 
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForImageClassification,
-    AutoModelForMaskedLM,
-    AutoModelForMultipleChoice,
-    AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-)
+import transformers
 
+from .image_processing import lion_image_processor
 from .modeling.configuration_lion import PRESETS, LionConfig
-from .modeling.lion_attention import ATTENTION_FORMS, lion_attention
+from .modeling.lion_attention import ATTENTION_BACKENDS, ATTENTION_FORMS, lion_attention, lion_attention_weights
 from .modeling.modeling_lion import (
+    TEXT_AUTO_CLASSES,
+    VISION_AUTO_CLASSES,
     LionForImageClassification,
     LionForImageClassificationWithTeacher,
     LionForMaskedLM,
@@ -29,40 +23,33 @@ from .modeling.modeling_lion import (
     LionModel,
     LionPreTrainedModel,
     distillation_loss,
-    lion_image_processor,
     snake_orders,
 )
 
 __version__ = "0.1.0"
 
-AUTO_CLASSES = {
-    AutoModel: LionModel,
-    AutoModelForMaskedLM: LionForMaskedLM,
-    AutoModelForSequenceClassification: LionForSequenceClassification,
-    AutoModelForTokenClassification: LionForTokenClassification,
-    AutoModelForQuestionAnswering: LionForQuestionAnswering,
-    AutoModelForMultipleChoice: LionForMultipleChoice,
-    AutoModelForImageClassification: LionForImageClassification,
-}
-
 
 def _register() -> None:
-    AutoConfig.register(LionConfig.model_type, LionConfig, exist_ok=True)
+    """Every head of the model's Auto-class tables, registered with transformers and for saving its code."""
+    transformers.AutoConfig.register(LionConfig.model_type, LionConfig, exist_ok=True)
     LionConfig.register_for_auto_class()
-    for auto_class, model_class in AUTO_CLASSES.items():
-        auto_class.register(LionConfig, model_class, exist_ok=True)
-        model_class.register_for_auto_class(auto_class.__name__)
-    # Saved with the image-classification auto class in its auto_map. Locally, as for DeiT, a checkpoint's
-    # `architectures` picks between the two heads, so a distilled checkpoint keeps both of its classifiers.
-    LionForImageClassificationWithTeacher.register_for_auto_class(AutoModelForImageClassification.__name__)
-    AutoModelForImageClassification.register(
-        LionConfig, (LionForImageClassification, LionForImageClassificationWithTeacher), exist_ok=True
-    )
+    heads_by_auto_class: dict[str, list] = {}
+    for table in (TEXT_AUTO_CLASSES, VISION_AUTO_CLASSES):
+        for auto_class, heads in table.items():
+            for head in heads if isinstance(heads, tuple) else (heads,):
+                if head not in heads_by_auto_class.setdefault(auto_class, []):
+                    heads_by_auto_class[auto_class].append(head)
+    for auto_class, heads in heads_by_auto_class.items():
+        for head in heads:
+            head.register_for_auto_class(auto_class)
+        # Several heads for one Auto class (the two image classifiers): a config's `architectures` picks, as for DeiT.
+        getattr(transformers, auto_class).register(LionConfig, heads[0] if len(heads) == 1 else tuple(heads), exist_ok=True)
 
 
 _register()
 
 __all__ = [
+    "ATTENTION_BACKENDS",
     "ATTENTION_FORMS",
     "PRESETS",
     "LionConfig",
@@ -77,6 +64,7 @@ __all__ = [
     "LionPreTrainedModel",
     "distillation_loss",
     "lion_attention",
+    "lion_attention_weights",
     "lion_image_processor",
     "snake_orders",
 ]

@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import copy
-
 from transformers import PretrainedConfig
 
-from .lion_attention import ATTENTION_FORMS
+from .lion_attention import check_attention_settings, check_choice, check_positive_int
 
 MODALITIES = ("text", "vision")
 VARIANTS = ("lit", "d", "s")
 PATCH_ORDERS = ("raster", "snake")
 POOLINGS = ("cls", "mean")
 FEATURE_MAPS = ("identity", "elu_plus_one", "silu_shift_l2")
-
-TEXT_AUTO_MAP = {
-    "AutoConfig": "configuration_lion.LionConfig",
-    "AutoModel": "modeling_lion.LionModel",
-    "AutoModelForMaskedLM": "modeling_lion.LionForMaskedLM",
-    "AutoModelForSequenceClassification": "modeling_lion.LionForSequenceClassification",
-    "AutoModelForTokenClassification": "modeling_lion.LionForTokenClassification",
-    "AutoModelForQuestionAnswering": "modeling_lion.LionForQuestionAnswering",
-    "AutoModelForMultipleChoice": "modeling_lion.LionForMultipleChoice",
-}
-VISION_AUTO_MAP = {
-    "AutoConfig": "configuration_lion.LionConfig",
-    "AutoModel": "modeling_lion.LionModel",
-    "AutoModelForImageClassification": "modeling_lion.LionForImageClassification",
-}
 
 # Shapes of the original models: M2-BERT-based MLM (BERT base/large) and DeiT-based image classifiers.
 PRESETS = {
@@ -37,16 +20,6 @@ PRESETS = {
     "lion_small_patch16_224": dict(modality="vision", hidden_size=384, num_hidden_layers=12, num_attention_heads=6),
     "lion_base_patch16_224": dict(modality="vision", hidden_size=768, num_hidden_layers=12, num_attention_heads=12),
 }
-
-
-def _choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"Unknown {name} {value!r}; allowed: {', '.join(map(repr, allowed))}.")
-
-
-def _positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
 class LionConfig(PretrainedConfig):
@@ -65,7 +38,12 @@ class LionConfig(PretrainedConfig):
             token and head, from a linear gate on the layer input).
         attention_form (`str`, *optional*, defaults to `"parallel"`):
             `"parallel"`, `"chunk"` or `"recurrent"`; changeable at any time (`model.set_attention_form`).
-        chunk_size (`int`, *optional*, defaults to 64): tokens per chunk of the `"chunk"` form.
+        chunk_size (`int`, *optional*, defaults to 64): tokens per chunk of the `"chunk"` form (and per step of
+            the `"recurrent"` form).
+        attention_backend (`str`, *optional*, defaults to `"auto"`):
+            which implementation computes the form: `"auto"` (the fastest that can run the inputs on their device,
+            see `lion_attention.IMPLEMENTATIONS`; `$LION_HF_ATTENTION_BACKEND` overrides it) or one by name
+            (`"pytorch"`).
         patch_order (`str`, *optional*, defaults to `"raster"`):
             vision only. `"snake"` builds the decay mask along a row-wise and a column-wise boustrophedon of the
             patch grid (each with its own decay parameters or gate) and averages the two masks.
@@ -105,6 +83,7 @@ class LionConfig(PretrainedConfig):
         variant: str = "d",
         attention_form: str = "parallel",
         chunk_size: int = 64,
+        attention_backend: str = "auto",
         patch_order: str = "raster",
         vocab_size: int = 30522,
         hidden_size: int = 768,
@@ -136,67 +115,23 @@ class LionConfig(PretrainedConfig):
         tie_word_embeddings: bool = True,
         **kwargs,
     ):
-        _choice("modality", modality, MODALITIES)
-        _choice("variant", variant, VARIANTS)
-        _choice("attention_form", attention_form, ATTENTION_FORMS)
-        _choice("patch_order", patch_order, PATCH_ORDERS)
-        _choice("pooling", pooling, POOLINGS)
-        for name, value in [
-            ("chunk_size", chunk_size),
-            ("hidden_size", hidden_size),
-            ("num_hidden_layers", num_hidden_layers),
-            ("num_attention_heads", num_attention_heads),
-        ]:
-            _positive_int(name, value)
-        if hidden_size % num_attention_heads:
-            raise ValueError(
-                f"hidden_size ({hidden_size}) must be a multiple of num_attention_heads ({num_attention_heads})."
-            )
         text = modality == "text"
-        if feature_map is None:
-            feature_map = "identity" if text else ("elu_plus_one" if variant == "lit" else "silu_shift_l2")
-        _choice("feature_map", feature_map, FEATURE_MAPS)
-        if text:
-            if patch_order != "raster":
-                raise ValueError(f"patch_order={patch_order!r} applies to vision models only; text models use 'raster'.")
-            if use_distillation_token:
-                raise ValueError("use_distillation_token=True applies to vision models only.")
-            for name, value in [("vocab_size", vocab_size), ("max_position_embeddings", max_position_embeddings)]:
-                _positive_int(name, value)
-        else:
-            for name, value in [("image_size", image_size), ("patch_size", patch_size), ("num_channels", num_channels)]:
-                _positive_int(name, value)
-            if image_size % patch_size:
-                raise ValueError(f"patch_size ({patch_size}) must divide image_size ({image_size}).")
-            if layer_norm_after:
-                raise ValueError("layer_norm_after=True applies to text models only.")
-
         self.modality = modality
         self.variant = variant
         self.attention_form = attention_form
         self.chunk_size = chunk_size
+        self.attention_backend = attention_backend
         self.patch_order = patch_order
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
         self.num_attention_heads = num_attention_heads
-        self.intermediate_size = 4 * hidden_size if intermediate_size is None else intermediate_size
         self.hidden_act = hidden_act
-        default_dropout = 0.1 if text else 0.0
-        self.hidden_dropout_prob = default_dropout if hidden_dropout_prob is None else hidden_dropout_prob
-        self.attention_probs_dropout_prob = (
-            default_dropout if attention_probs_dropout_prob is None else attention_probs_dropout_prob
-        )
         self.max_position_embeddings = max_position_embeddings
         self.type_vocab_size = type_vocab_size
         self.initializer_range = initializer_range
-        self.layer_norm_eps = (1e-12 if text else 1e-6) if layer_norm_eps is None else layer_norm_eps
-        self.layer_norm_after = (text and variant == "lit") if layer_norm_after is None else layer_norm_after
         self.classifier_dropout = classifier_dropout
-        self.feature_map = feature_map
-        self.normalize_attention = (not text) if normalize_attention is None else normalize_attention
         self.attention_eps = attention_eps
-        self.selective_gate_eps = (1e-7 if text else 0.0) if selective_gate_eps is None else selective_gate_eps
         self.image_size = image_size
         self.patch_size = patch_size
         self.num_channels = num_channels
@@ -206,12 +141,57 @@ class LionConfig(PretrainedConfig):
         self.use_distillation_token = use_distillation_token
         self.drop_path_rate = drop_path_rate
         self.tie_word_embeddings = tie_word_embeddings
-        if "auto_map" not in kwargs:
-            auto_map = copy.deepcopy(TEXT_AUTO_MAP if text else VISION_AUTO_MAP)
-            if use_distillation_token:
-                auto_map["AutoModelForImageClassification"] = "modeling_lion.LionForImageClassificationWithTeacher"
-            kwargs["auto_map"] = auto_map
+
+        # Defaults that depend on the modality (and variant): those of the original text and vision models.
+        def default(value, text_default, vision_default):
+            return value if value is not None else (text_default if text else vision_default)
+
+        self.intermediate_size = 4 * hidden_size if intermediate_size is None else intermediate_size
+        self.hidden_dropout_prob = default(hidden_dropout_prob, 0.1, 0.0)
+        self.attention_probs_dropout_prob = default(attention_probs_dropout_prob, 0.1, 0.0)
+        self.layer_norm_eps = default(layer_norm_eps, 1e-12, 1e-6)
+        self.layer_norm_after = default(layer_norm_after, variant == "lit", False)
+        self.feature_map = default(feature_map, "identity", "elu_plus_one" if variant == "lit" else "silu_shift_l2")
+        self.normalize_attention = default(normalize_attention, False, True)
+        self.selective_gate_eps = default(selective_gate_eps, 1e-7, 0.0)
+        if not text and kwargs.get("architectures") is None:
+            # Auto classes pick between the two image heads by `architectures` (as for DeiT); a fresh config names
+            # the head its distillation token implies, so that `from_config` works too.
+            head = "LionForImageClassificationWithTeacher" if use_distillation_token else "LionForImageClassification"
+            kwargs["architectures"] = [head]
+        self._check()
         super().__init__(pad_token_id=pad_token_id, **kwargs)
+
+    def _check(self) -> None:
+        check_choice("modality", self.modality, MODALITIES)
+        check_choice("variant", self.variant, VARIANTS)
+        check_attention_settings(self.attention_form, self.chunk_size, self.attention_backend)
+        check_choice("patch_order", self.patch_order, PATCH_ORDERS)
+        check_choice("pooling", self.pooling, POOLINGS)
+        check_choice("feature_map", self.feature_map, FEATURE_MAPS)
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads"):
+            check_positive_int(name, getattr(self, name))
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
+                f"({self.num_attention_heads})."
+            )
+        if self.modality == "text":
+            if self.patch_order != "raster":
+                raise ValueError(
+                    f"patch_order={self.patch_order!r} applies to vision models only; text models use 'raster'."
+                )
+            if self.use_distillation_token:
+                raise ValueError("use_distillation_token=True applies to vision models only.")
+            for name in ("vocab_size", "max_position_embeddings"):
+                check_positive_int(name, getattr(self, name))
+        else:
+            for name in ("image_size", "patch_size", "num_channels"):
+                check_positive_int(name, getattr(self, name))
+            if self.image_size % self.patch_size:
+                raise ValueError(f"patch_size ({self.patch_size}) must divide image_size ({self.image_size}).")
+            if self.layer_norm_after:
+                raise ValueError("layer_norm_after=True applies to text models only.")
 
     @property
     def num_paths(self) -> int:

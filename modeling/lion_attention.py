@@ -50,15 +50,39 @@ transfer (always float64: it is tiny) and the weights of the carried states stay
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 ATTENTION_FORMS = ("parallel", "chunk", "recurrent")
+# "auto" takes the first implementation of the form in IMPLEMENTATIONS that can run the inputs.
+ATTENTION_BACKENDS = ("auto", "pytorch")
+# Overrides an "auto" backend for every call, e.g. LION_HF_ATTENTION_BACKEND=pytorch to rule out kernels.
+BACKEND_ENVIRONMENT_VARIABLE = "LION_HF_ATTENTION_BACKEND"
 
 # bf16 only: a single path's h is folded into q and k as exp(-h) and exp(h); this keeps both finite.
 _FOLD_MIN_LOG_DECAY = -60.0
+
+
+def check_choice(name: str, value, allowed) -> None:
+    """A ``ValueError`` naming ``value`` and the allowed ones unless ``value`` is one of them."""
+    if value not in allowed:
+        raise ValueError(f"Unknown {name} {value!r}; allowed: {', '.join(map(repr, allowed))}.")
+
+
+def check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def check_attention_settings(form: str, chunk_size: int, backend: str = "auto") -> None:
+    """The one check of the operator's switches, shared by ``LionConfig``, the models and ``lion_attention``."""
+    check_choice("attention_form", form, ATTENTION_FORMS)
+    check_positive_int("chunk_size", chunk_size)
+    check_choice("attention_backend", backend, ATTENTION_BACKENDS)
 
 
 def lion_attention(
@@ -75,6 +99,7 @@ def lion_attention(
     key_padding_mask: torch.Tensor | None = None,
     dropout_p: float = 0.0,
     training: bool = False,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Masked bidirectional linear attention.
 
@@ -93,47 +118,102 @@ def lion_attention(
         normalize: divide by the row sums of the masked scores plus ``eps``.
         key_padding_mask: ``(B, N)``, true/1 for real tokens; padded keys contribute nothing.
         dropout_p: dropout on the masked scores; only the ``parallel`` form materialises them.
+        backend: ``"auto"`` (the first implementation in ``IMPLEMENTATIONS`` that can run the inputs, unless
+            ``$LION_HF_ATTENTION_BACKEND`` names one) or the name of one backend.
 
     Returns:
         ``(B, H, N, Dv)`` in the compute dtype: the autocast dtype under autocast, else the dtype of ``q``.
     """
-    _check_inputs(q, k, v, log_decays, orders, form, chunk_size, key_padding_mask)
+    check_attention_settings(form, chunk_size, backend)
+    _check_inputs(q, k, v, log_decays, orders, key_padding_mask)
     dtype = _compute_dtype(q)
     # Contiguous heads: batched matrix products would otherwise copy them again at every use.
     q, k, v = (t.to(dtype).contiguous() for t in (q, k, v))
     if key_padding_mask is not None:
-        k = k * key_padding_mask[:, None, :, None].to(dtype)
-    value_dim = v.shape[-1]
+        key_padding_mask = key_padding_mask.bool()
+    if orders is None and log_decays is not None:
+        orders = [None] * len(log_decays)
+    options = dict(
+        chunk_size=chunk_size,
+        normalize=normalize,
+        eps=eps,
+        key_padding_mask=key_padding_mask,
+        dropout_p=dropout_p if training and form == "parallel" else 0.0,
+    )
+    implementation = select_implementation(form, backend, q, k, v, log_decays, orders, **options)
+    return implementation.run(q, k, v, log_decays, orders, **options)
+
+
+def lion_attention_weights(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    log_decays: Sequence[torch.Tensor] | None = None,
+    orders: Sequence[torch.Tensor] | None = None,
+    *,
+    normalize: bool = False,
+    eps: float = 1e-6,
+    key_padding_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The ``(B, H, N, N)`` matrix that every form of :func:`lion_attention` multiplies the values with.
+
+    ``(q k^T) * M`` with the decay mask of the same arguments, padded keys' columns zero, and with ``normalize``
+    divided by its row sums plus ``eps``; no dropout. It is materialised, so its memory grows as ``N^2``.
+    """
+    _check_inputs(q, k, k, log_decays, orders, key_padding_mask)
+    dtype = _compute_dtype(q)
+    mask_dtype = _mask_dtype(dtype)
+    scores = q.to(mask_dtype) @ k.to(mask_dtype).transpose(-1, -2)
+    if key_padding_mask is not None:
+        scores = scores.masked_fill(~key_padding_mask.bool()[:, None, None, :], 0.0)
+    if log_decays is not None:
+        orders = orders if orders is not None else [None] * len(log_decays)
+        paths = [_path_mask_terms(q, d, o, mask_dtype, fold=False)[0] for d, o in zip(log_decays, orders)]
+        scores = scores * _decay_mask(paths, mask_dtype)
     if normalize:
-        v = _with_ones_column(v)
-    dropout_p = dropout_p if training and form == "parallel" else 0.0
-
-    if log_decays is None:
-        out = _undecayed(q, k, v, form, dropout_p)
-    else:
-        if orders is None:
-            orders = [None] * len(log_decays)
-        if form == "parallel":
-            out = _parallel(*_padded_to_8(q, k, v, log_decays, orders), dropout_p)[:, :, : q.shape[2]]
-        else:
-            sequential = form == "recurrent"
-            out = None
-            for log_decay, order in zip(log_decays, orders):
-                y = _chunkwise_along(order, q, k, v, log_decay, chunk_size, sequential)
-                out = y if out is None else out + y
-            if len(log_decays) > 1:
-                out = out / len(log_decays)
-
-    if normalize:
-        out = out[..., :value_dim] / (out[..., value_dim : value_dim + 1] + eps)
-    return out
+        scores = scores / (scores.sum(-1, keepdim=True) + eps)
+    return scores.to(dtype)
 
 
-def _check_inputs(q, k, v, log_decays, orders, form, chunk_size, key_padding_mask):
-    if form not in ATTENTION_FORMS:
-        raise ValueError(f"Unknown attention form {form!r}; allowed: {', '.join(ATTENTION_FORMS)}.")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+# ------------------------------------------------------------------------------------------- dispatch
+
+
+@dataclass(frozen=True)
+class AttentionImplementation:
+    """One way to compute one form.
+
+    ``run(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_padding_mask, dropout_p)`` gets
+    contiguous inputs in the compute dtype, ``orders`` as one entry (a permutation or ``None``) per path, a
+    boolean ``key_padding_mask`` or ``None``, and a ``dropout_p`` that is already 0 outside training.
+    ``unsupported`` takes the same arguments and returns why it cannot run them, or ``None`` when it can.
+    """
+
+    backend: str
+    form: str
+    run: Callable[..., torch.Tensor]
+    unsupported: Callable[..., str | None]
+
+
+def select_implementation(form: str, backend: str, *args, **options) -> AttentionImplementation:
+    """The implementation that runs ``form`` for these inputs (the arguments of ``AttentionImplementation.run``)."""
+    if backend == "auto":
+        backend = os.environ.get(BACKEND_ENVIRONMENT_VARIABLE, "auto") or "auto"
+        check_choice(f"${BACKEND_ENVIRONMENT_VARIABLE}", backend, ATTENTION_BACKENDS)
+    reasons = []
+    for implementation in IMPLEMENTATIONS:
+        if implementation.form != form or backend not in ("auto", implementation.backend):
+            continue
+        reason = implementation.unsupported(*args, **options)
+        if reason is None:
+            return implementation
+        reasons.append(f"{implementation.backend}: {reason}")
+    raise ValueError(f"No {backend!r} implementation of the {form!r} form can run these inputs ({'; '.join(reasons)}).")
+
+
+def _runs_anywhere(*args, **options) -> None:
+    return None
+
+
+def _check_inputs(q, k, v, log_decays, orders, key_padding_mask):
     if q.dim() != 4 or q.shape != k.shape or v.shape[:3] != q.shape[:3]:
         raise ValueError(
             f"q, k must be (B, H, N, D) of the same shape and v (B, H, N, Dv); got q {tuple(q.shape)}, "
@@ -177,6 +257,36 @@ def _mask_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
 
 
+def _is_constant_along_length(log_decay: torch.Tensor) -> bool:
+    return log_decay.shape[-1] == 1 or log_decay.stride(-1) == 0
+
+
+# ------------------------------------------------------------------------------ the PyTorch forms
+
+
+def _pytorch_form(compute: Callable) -> Callable[..., torch.Tensor]:
+    """A PyTorch form with what they all share around it: padded keys removed, the normaliser carried.
+
+    Padded keys and values are selected away (not multiplied by 0, so that a NaN there cannot reach a real
+    token). Row normalisation carries a column of ones next to the values, so the normaliser sees exactly the
+    mask of the numerator.
+    """
+
+    def run(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_padding_mask, dropout_p):
+        if key_padding_mask is not None:
+            real = key_padding_mask[:, None, :, None]
+            k, v = torch.where(real, k, 0.0), torch.where(real, v, 0.0)
+        value_dim = v.shape[-1]
+        if normalize:
+            v = _with_ones_column(v)
+        out = compute(q, k, v, log_decays, orders, chunk_size=chunk_size, dropout_p=dropout_p)
+        if normalize:
+            out = out[..., :value_dim] / (out[..., value_dim : value_dim + 1] + eps)
+        return out
+
+    return run
+
+
 def _with_ones_column(v: torch.Tensor) -> torch.Tensor:
     # Padded with zeros to a multiple of 8 columns, the width at which bf16 matrix products stay on fast kernels.
     width = -(-(v.shape[-1] + 1) // 8) * 8
@@ -185,43 +295,20 @@ def _with_ones_column(v: torch.Tensor) -> torch.Tensor:
     return torch.cat([v, extra.expand(*v.shape[:-1], -1)], dim=-1)
 
 
-def _is_constant_along_length(log_decay: torch.Tensor) -> bool:
-    return log_decay.shape[-1] == 1 or log_decay.stride(-1) == 0
+def _parallel_form(q, k, v, log_decays, orders, *, chunk_size, dropout_p):
+    if log_decays is None:
+        if dropout_p > 0.0 or q.shape[-2] <= q.shape[-1]:
+            return _masked_attention(q, k, v, [], dropout_p)
+        return q @ (k.transpose(-1, -2) @ v)
+    return _parallel(*_padded_to_8(q, k, v, log_decays, orders), dropout_p)[:, :, : q.shape[2]]
 
 
-def _split(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """A float64 tensor as a (high, low) pair in ``dtype`` whose sum keeps float64's precision."""
-    if dtype == torch.float64:
-        return x, torch.zeros_like(x)
-    high = x.to(dtype)
-    return high, (x - high.double()).to(dtype)
+def _chunk_form(q, k, v, log_decays, orders, *, chunk_size, dropout_p):
+    return _average_over_paths(q, k, v, log_decays, orders, chunk_size, _carried_by_transfer)
 
 
-def _differences(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``a[..., i] - b[..., j]`` for all i, j, for float64 prefix sums, computed in ``dtype`` without cancellation."""
-    a_high, a_low = _split(a, dtype)
-    b_high, b_low = _split(b, dtype)
-    return (a_high[..., :, None] - b_high[..., None, :]) + (a_low[..., :, None] - b_low[..., None, :])
-
-
-def log_decay_matrix(log_decay: torch.Tensor, position: torch.Tensor | None = None, dtype=torch.float32) -> torch.Tensor:
-    """``log M`` as a dense matrix, for log-decays ``(..., N)`` given in path order (a reference; the forms do
-    not build it).
-
-    ``position[r]`` is the path step of token ``r`` (``None``: the natural order); the result is indexed by
-    tokens, ``(..., N, N)``, with ``0`` on the diagonal and ``<= 0`` everywhere.
-    """
-    inclusive = log_decay.double().cumsum(-1)
-    exclusive = inclusive - log_decay.double()
-    length = log_decay.shape[-1]
-    if position is None:
-        position = torch.arange(length, device=log_decay.device)
-    else:
-        inclusive, exclusive = inclusive[..., position], exclusive[..., position]
-    # i after j on the path: a_j ... a_(i-1); i before j: a_(i+1) ... a_j.
-    forward = _differences(exclusive, exclusive, dtype)
-    backward = _differences(inclusive, inclusive, dtype).transpose(-1, -2)
-    return torch.where(position[:, None] >= position[None, :], forward, backward)
+def _recurrent_form(q, k, v, log_decays, orders, *, chunk_size, dropout_p):
+    return _average_over_paths(q, k, v, log_decays, orders, chunk_size, _carried_by_scan)
 
 
 # ------------------------------------------------------------------------------------ the masked product
@@ -359,12 +446,6 @@ def _masked_attention(q, k, v, paths, dropout_p=0.0) -> torch.Tensor:
     return _MaskedAttention.apply(q, k, v, dropout_p, spec, *tensors)
 
 
-def _undecayed(q, k, v, form, dropout_p):
-    if form == "parallel" and (dropout_p > 0.0 or q.shape[-2] <= q.shape[-1]):
-        return _masked_attention(q, k, v, [], dropout_p)
-    return q @ (k.transpose(-1, -2) @ v)
-
-
 def _segment_terms(log_decay, order, position, mask_dtype):
     """``m`` and ``h`` (token order, ``mask_dtype``) of a path whose log-decays vary along the tokens."""
     log_a = log_decay.to(mask_dtype)
@@ -430,18 +511,29 @@ def _parallel(q, k, v, log_decays, orders, dropout_p):
 # ---------------------------------------------------------------------------------- chunk and recurrent
 
 
-def _chunkwise_along(order, q, k, v, log_decay, chunk_size, sequential):
+def _average_over_paths(q, k, v, log_decays, orders, chunk_size, carried):
+    if log_decays is None:
+        # No mask: every chunk sees every other one undecayed, so the whole sum is one state.
+        return q @ (k.transpose(-1, -2) @ v)
+    out = None
+    for log_decay, order in zip(log_decays, orders):
+        y = _chunkwise_along(order, q, k, v, log_decay, chunk_size, carried)
+        out = y if out is None else out + y
+    return out / len(log_decays) if len(log_decays) > 1 else out
+
+
+def _chunkwise_along(order, q, k, v, log_decay, chunk_size, carried):
     """Run the chunked algorithm on the tokens visited in ``order``; return its output in token order."""
     if order is None:
-        return _chunkwise(q, k, v, log_decay, chunk_size, sequential)
+        return _chunkwise(q, k, v, log_decay, chunk_size, carried)
     if not _is_constant_along_length(log_decay):
         log_decay = log_decay[..., order]
-    out = _chunkwise(q[:, :, order], k[:, :, order], v[:, :, order], log_decay, chunk_size, sequential)
+    out = _chunkwise(q[:, :, order], k[:, :, order], v[:, :, order], log_decay, chunk_size, carried)
     return out[:, :, torch.argsort(order)]
 
 
-def _chunkwise(q, k, v, log_decay, chunk_size, sequential):
-    """Masked attention in chunks: exact inside each chunk, through carried states between chunks."""
+def _chunkwise(q, k, v, log_decay, chunk_size, carried):
+    """Masked attention in chunks: exact inside each chunk, plus what ``carried`` brings from the other chunks."""
     batch, heads, length, _ = q.shape
     size = min(chunk_size, length)
     pad = (-length) % size
@@ -479,11 +571,11 @@ def _chunkwise(q, k, v, log_decay, chunk_size, sequential):
             q_intra, k_intra = qc / scale.to(qc.dtype), kc * scale.to(kc.dtype)
     out = _masked_attention(q_intra, k_intra, vc, [path])
     if chunks > 1:
-        out = out + _carried(qc, kc, vc, log_a, sequential)
+        out = out + _from_other_chunks(qc, kc, vc, log_a, carried)
     return out.reshape(batch, heads, length + pad, -1)[:, :, :length]
 
 
-def _carried(qc, kc, vc, log_a, sequential):
+def _from_other_chunks(qc, kc, vc, log_a, carried):
     """What reaches each chunk from the chunks before it (forward state) and after it (backward state)."""
     dtype = qc.dtype
     inclusive = log_a.cumsum(-1)  # a_s ... a_i inside the chunk (s: its first token)
@@ -496,17 +588,22 @@ def _carried(qc, kc, vc, log_a, sequential):
     # A chunk's keys and values as they leave it forwards (decayed to its end) and backwards (to its start).
     leaving_forward = weighted(kc, total - exclusive).transpose(-1, -2) @ vc
     leaving_backward = weighted(kc, inclusive).transpose(-1, -2) @ vc
-    chunks = qc.shape[2]
-    if sequential:
-        decay = total.exp().to(dtype)[..., None].expand(*leaving_forward.shape[:2], chunks, 1, 1)
-        forward_states = _scan(leaving_forward, decay, reverse=False)
-        backward_states = _scan(leaving_backward, decay, reverse=True)
-    else:
-        transfer = _transfer(total[..., 0], chunks).to(dtype)
-        forward_states = _apply_transfer(transfer, leaving_forward)
-        backward_states = _apply_transfer(transfer.transpose(-1, -2), leaving_backward)
+    forward_states, backward_states = carried(leaving_forward, leaving_backward, total)
     # A token meets the forward state decayed from its chunk's start, the backward one from its chunk's end.
     return weighted(qc, exclusive) @ forward_states + weighted(qc, total - inclusive) @ backward_states
+
+
+def _carried_by_transfer(leaving_forward, leaving_backward, total):
+    """The chunk form: every chunk's entering states at once, through one chunk-to-chunk transfer product."""
+    transfer = _transfer(total[..., 0], leaving_forward.shape[2]).to(leaving_forward.dtype)
+    return _apply_transfer(transfer, leaving_forward), _apply_transfer(transfer.transpose(-1, -2), leaving_backward)
+
+
+def _carried_by_scan(leaving_forward, leaving_backward, total):
+    """The recurrent form: the states passed chunk by chunk, forwards and backwards, as an RNN."""
+    chunks = leaving_forward.shape[2]
+    decay = total.exp().to(leaving_forward.dtype)[..., None].expand(*leaving_forward.shape[:2], chunks, 1, 1)
+    return _scan(leaving_forward, decay, reverse=False), _scan(leaving_backward, decay, reverse=True)
 
 
 def _transfer(total: torch.Tensor, chunks: int) -> torch.Tensor:
@@ -534,3 +631,11 @@ def _scan(leaving: torch.Tensor, decay: torch.Tensor, reverse: bool) -> torch.Te
         entering[c] = state
         state = torch.addcmul(leaving[:, :, c], state, decay[:, :, c])
     return torch.stack(entering, dim=2)
+
+
+# Tried in this order by the "auto" backend; fused kernels go before the PyTorch forms they replace.
+IMPLEMENTATIONS: tuple[AttentionImplementation, ...] = (
+    AttentionImplementation("pytorch", "parallel", _pytorch_form(_parallel_form), _runs_anywhere),
+    AttentionImplementation("pytorch", "chunk", _pytorch_form(_chunk_form), _runs_anywhere),
+    AttentionImplementation("pytorch", "recurrent", _pytorch_form(_recurrent_form), _runs_anywhere),
+)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -21,14 +20,22 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
-from transformers.utils import IMAGE_PROCESSOR_NAME, ModelOutput, logging
-from transformers.utils.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from transformers.utils import ModelOutput, logging
 from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import capture_outputs, maybe_install_capturing_hooks
 
 from .configuration_lion import LionConfig
-from .lion_attention import ATTENTION_FORMS, lion_attention
+from .lion_attention import ATTENTION_FORMS, check_attention_settings, lion_attention, lion_attention_weights
 
 logger = logging.get_logger(__name__)
+# The original text models normalise the heads' output (layer_norm_after) with PyTorch's default LayerNorm eps.
+HEADS_LAYER_NORM_EPS = 1e-5
+# How LION's own switches are named where a user asks for transformers' attention implementations.
+ATTENTION_SWITCHES = (
+    f"LION layers are linear attention under a decay mask, not softmax attention: choose how they are computed "
+    f"with config.attention_form / model.set_attention_form(form) (one of {', '.join(map(repr, ATTENTION_FORMS))}) "
+    "and config.attention_backend"
+)
 
 
 def _elu_plus_one(x: torch.Tensor) -> torch.Tensor:
@@ -96,8 +103,11 @@ class LionMixer(nn.Module):
             log_a[:, :num_prefix_tokens] = 0
         return list(log_a.permute(2, 0, 3, 1).unbind(0))
 
-    def mix(self, q, k, v, gate_input, key_padding_mask=None, orders=None, num_prefix_tokens=0) -> torch.Tensor:
-        """``q, k``: ``(B, H, N, D)`` after the feature map, ``v`` likewise; returns ``(B, N, H * D)``."""
+    def mix(
+        self, q, k, v, gate_input, key_padding_mask=None, orders=None, num_prefix_tokens=0, output_attentions=False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``q, k``: ``(B, H, N, D)`` after the feature map, ``v`` likewise; returns ``(B, N, H * D)`` and, when
+        ``output_attentions``, the masked (and, where the model normalises, row-normalised) scores ``(B, H, N, N)``."""
         config = self.config
         dropout = config.attention_probs_dropout_prob if self.training else 0.0
         if dropout > 0 and config.attention_form != "parallel" and not _is_compiling():
@@ -105,22 +115,25 @@ class LionMixer(nn.Module):
                 f"attention_probs_dropout_prob={dropout} is applied only in the 'parallel' form; the "
                 f"'{config.attention_form}' form trains without score dropout."
             )
+        log_decays = self.log_decays(gate_input, num_prefix_tokens)
+        options = dict(normalize=config.normalize_attention, eps=config.attention_eps, key_padding_mask=key_padding_mask)
         out = lion_attention(
             q * self.scale,
             k,
             v,
-            self.log_decays(gate_input, num_prefix_tokens),
+            log_decays,
             orders,
             form=config.attention_form,
             chunk_size=config.chunk_size,
-            normalize=config.normalize_attention,
-            eps=config.attention_eps,
-            key_padding_mask=key_padding_mask,
             dropout_p=dropout,
             training=self.training,
+            backend=config.attention_backend,
+            **options,
         )
+        # The matrix that every form multiplies the values with, built on request only: it is N x N.
+        weights = lion_attention_weights(q * self.scale, k, log_decays, orders, **options) if output_attentions else None
         batch, _, length, _ = out.shape
-        return out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
+        return out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim), weights
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(*x.shape[:2], self.num_heads, self.head_dim).transpose(1, 2)
@@ -151,14 +164,15 @@ class LionSelfAttention(LionMixer):
         self.query = nn.Linear(config.hidden_size, config.hidden_size)
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
-        # The original applies a default-eps LayerNorm over the concatenated heads.
-        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=1e-5) if config.layer_norm_after else None
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=HEADS_LAYER_NORM_EPS) if config.layer_norm_after else None
 
-    def forward(self, hidden_states, key_padding_mask=None):
+    def forward(self, hidden_states, key_padding_mask=None, output_attentions=False):
         q, k, v = (self.split_heads(proj(hidden_states)) for proj in (self.query, self.key, self.value))
         q, k = self.feature_map(q), self.feature_map(k)
-        context = self.mix(q, k, v, hidden_states, key_padding_mask=key_padding_mask)
-        return context if self.layer_norm is None else self.layer_norm(context)
+        context, weights = self.mix(
+            q, k, v, hidden_states, key_padding_mask=key_padding_mask, output_attentions=output_attentions
+        )
+        return (context if self.layer_norm is None else self.layer_norm(context)), weights
 
 
 class LionSelfOutput(nn.Module):
@@ -180,8 +194,9 @@ class LionAttention(nn.Module):
         self.self = LionSelfAttention(config)
         self.output = LionSelfOutput(config, config.hidden_size)
 
-    def forward(self, hidden_states, key_padding_mask=None):
-        return self.output(self.self(hidden_states, key_padding_mask), hidden_states)
+    def forward(self, hidden_states, key_padding_mask=None, output_attentions=False):
+        context, _ = self.self(hidden_states, key_padding_mask, output_attentions)
+        return self.output(context, hidden_states)
 
 
 class LionIntermediate(nn.Module):
@@ -201,8 +216,8 @@ class LionTextLayer(GradientCheckpointingLayer):
         self.intermediate = LionIntermediate(config)
         self.output = LionSelfOutput(config, config.intermediate_size)
 
-    def forward(self, hidden_states, key_padding_mask=None):
-        attention_output = self.attention(hidden_states, key_padding_mask)
+    def forward(self, hidden_states, key_padding_mask=None, output_attentions=False):
+        attention_output = self.attention(hidden_states, key_padding_mask, output_attentions)
         return self.output(self.intermediate(attention_output), attention_output)
 
 
@@ -292,43 +307,6 @@ class LionVisionEmbeddings(nn.Module):
         return self.dropout(embeddings), (rows, cols)
 
 
-# DeiT evaluates on a centre crop covering 87.5% of the shorter side after resizing.
-EVAL_CROP_RATIO = 0.875
-
-
-def lion_image_processor(config: LionConfig):
-    """The standard transformers image processor for a vision ``config``: DeiT's evaluation transform.
-
-    RGB conversion, bicubic resize of the shorter side to ``int(image_size / 0.875)``, centre crop to
-    ``image_size x image_size``, rescale to [0, 1] and normalisation with the ImageNet mean and std, as the original
-    LION/DeiT code evaluates. It is transformers' PIL-backed ``BitImageProcessorPil``; saved, it reloads with
-    ``AutoImageProcessor`` (which picks the torchvision-backed twin when torchvision is installed).
-    """
-    if config.modality != "vision":
-        raise ValueError(f"lion_image_processor needs a config with modality='vision', got {config.modality!r}.")
-    if config.num_channels != 3:
-        raise ValueError(
-            f"lion_image_processor normalises RGB images with the ImageNet mean and std; config.num_channels="
-            f"{config.num_channels} needs a processor of its own."
-        )
-    # Imported here: it needs Pillow, which the text models do not.
-    from transformers import BitImageProcessorPil
-    from transformers.image_utils import PILImageResampling
-
-    return BitImageProcessorPil(
-        do_convert_rgb=True,
-        do_resize=True,
-        size={"shortest_edge": int(config.image_size / EVAL_CROP_RATIO)},
-        resample=PILImageResampling.BICUBIC,
-        do_center_crop=True,
-        crop_size={"height": config.image_size, "width": config.image_size},
-        do_rescale=True,
-        do_normalize=True,
-        image_mean=IMAGENET_DEFAULT_MEAN,
-        image_std=IMAGENET_DEFAULT_STD,
-    )
-
-
 class LionVisionAttention(LionMixer):
     def __init__(self, config: LionConfig):
         super().__init__(config)
@@ -336,7 +314,7 @@ class LionVisionAttention(LionMixer):
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.proj_dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states, orders=None, num_prefix_tokens=1):
+    def forward(self, hidden_states, orders=None, num_prefix_tokens=1, output_attentions=False):
         batch, length, _ = hidden_states.shape
         qkv = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
         # One copy into (3, B, H, N, D), then queries and keys through the feature map together: contiguous
@@ -344,8 +322,10 @@ class LionVisionAttention(LionMixer):
         qkv = qkv.permute(2, 0, 3, 1, 4).contiguous()
         q, k = self.feature_map(qkv[:2]).unbind(0)
         v = qkv[2]
-        context = self.mix(q, k, v, hidden_states, orders=orders, num_prefix_tokens=num_prefix_tokens)
-        return self.proj_dropout(self.proj(context))
+        context, weights = self.mix(
+            q, k, v, hidden_states, orders=orders, num_prefix_tokens=num_prefix_tokens, output_attentions=output_attentions
+        )
+        return self.proj_dropout(self.proj(context)), weights
 
 
 class LionMLP(nn.Module):
@@ -384,8 +364,8 @@ class LionVisionLayer(GradientCheckpointingLayer):
         self.mlp = LionMLP(config)
         self.drop_path = LionDropPath(drop_path)
 
-    def forward(self, hidden_states, orders=None, num_prefix_tokens=1):
-        attention = self.attention(self.layernorm_before(hidden_states), orders, num_prefix_tokens)
+    def forward(self, hidden_states, orders=None, num_prefix_tokens=1, output_attentions=False):
+        attention, _ = self.attention(self.layernorm_before(hidden_states), orders, num_prefix_tokens, output_attentions)
         hidden_states = hidden_states + self.drop_path(attention)
         return hidden_states + self.drop_path(self.mlp(self.layernorm_after(hidden_states)))
 
@@ -405,23 +385,28 @@ class LionEncoder(nn.Module):
             rates = [config.drop_path_rate * i / last for i in range(config.num_hidden_layers)]
             self.layer = nn.ModuleList(LionVisionLayer(config, rate) for rate in rates)
 
-    def forward(self, hidden_states, output_hidden_states=False, **layer_kwargs):
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
+    def forward(self, hidden_states, **layer_kwargs):
         for layer in self.layer:
             hidden_states = layer(hidden_states, **layer_kwargs)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-        return hidden_states, all_hidden_states
+        return hidden_states
 
 
 class LionPreTrainedModel(PreTrainedModel):
     config_class = LionConfig
     base_model_prefix = "lion"
     supports_gradient_checkpointing = True
-    # Losses are per-batch means; Trainer must scale them for gradient accumulation itself (the forward
-    # methods take **kwargs for compatibility, which Trainer would otherwise read as normalising by token count).
-    accepts_loss_kwargs = False
     _no_split_modules = ["LionTextLayer", "LionVisionLayer", "LionTextEmbeddings", "LionVisionEmbeddings"]
+    # Recorded by transformers' output capturing, as in BERT and ViT: every layer's output (after the embeddings)
+    # and the attention matrices that the attention modules compute on request.
+    _can_record_outputs = {
+        "hidden_states": [LionTextLayer, LionVisionLayer],
+        "attentions": [LionSelfAttention, LionVisionAttention],
+    }
+
+    def __init__(self, config: LionConfig, *inputs, **kwargs):
+        super().__init__(config, *inputs, **kwargs)
+        if getattr(config, "auto_map", None) is None:
+            config.auto_map = lion_auto_map(config)
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -441,39 +426,17 @@ class LionPreTrainedModel(PreTrainedModel):
         elif isinstance(module, LionLMPredictionHead):
             init.zeros_(module.bias)
 
+    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
+        """LION has one attention of its own; transformers' softmax implementations do not apply."""
+        if requested_attention not in (None, "eager"):
+            raise ValueError(f"attn_implementation={requested_attention!r} does not apply to LION. {ATTENTION_SWITCHES}.")
+        return "eager"
+
     def set_attention_form(self, form: str, chunk_size: int | None = None) -> None:
         """Switch every layer to the ``parallel``, ``chunk`` or ``recurrent`` form (same outputs)."""
-        if form not in ATTENTION_FORMS:
-            raise ValueError(f"Unknown attention form {form!r}; allowed: {', '.join(ATTENTION_FORMS)}.")
-        if chunk_size is not None:
-            if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-                raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
-            self.config.chunk_size = chunk_size
-        self.config.attention_form = form
-
-    def save_pretrained(self, save_directory, *args, is_main_process=True, push_to_hub=False, **kwargs):
-        """``PreTrainedModel.save_pretrained``; a vision model also writes ``lion_image_processor(config)`` into the
-        folder unless it already holds a ``preprocessor_config.json`` (a processor saved there first is kept), so
-        every saved vision checkpoint works with ``AutoImageProcessor`` and ``pipeline("image-classification")``."""
-        super().save_pretrained(
-            save_directory, *args, is_main_process=is_main_process, push_to_hub=push_to_hub, **kwargs
-        )
-        if (
-            self.config.modality != "vision"
-            or not is_main_process
-            or not os.path.isdir(save_directory)
-            or os.path.isfile(os.path.join(save_directory, IMAGE_PROCESSOR_NAME))
-        ):
-            return
-        if self.config.num_channels != 3:
-            logger.warning(
-                f"No image processor saved with this model: num_channels={self.config.num_channels} has no standard "
-                "ImageNet processor; save your own into the folder."
-            )
-            return
-        # The model's own upload has already happened, so a pushed model gets its processor in a second commit.
-        hub_kwargs = {k: kwargs[k] for k in ("repo_id", "token") if k in kwargs} if push_to_hub else {}
-        lion_image_processor(self.config).save_pretrained(save_directory, push_to_hub=push_to_hub, **hub_kwargs)
+        chunk_size = self.config.chunk_size if chunk_size is None else chunk_size
+        check_attention_settings(form, chunk_size, self.config.attention_backend)
+        self.config.attention_form, self.config.chunk_size = form, chunk_size
 
     def _require_modality(self, modality: str) -> None:
         if self.config.modality != modality:
@@ -496,6 +459,9 @@ class LionModel(LionPreTrainedModel):
             self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.encoder = LionEncoder(config)
         self.post_init()
+        # Installed now rather than at the first call that asks for hidden states, which under
+        # torch.compile(fullgraph=True) would have to take a lock inside the compiled region.
+        maybe_install_capturing_hooks(self)
 
     def get_input_embeddings(self):
         if self.config.modality == "text":
@@ -506,7 +472,8 @@ class LionModel(LionPreTrainedModel):
         self._require_modality("text")
         self.embeddings.word_embeddings = value
 
-    @can_return_tuple
+    # hidden_states end with the last layer's output, before the vision models' final LayerNorm (as in ViT).
+    @capture_outputs(tie_last_hidden_states=False)
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -516,22 +483,18 @@ class LionModel(LionPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
-        output_hidden_states: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
+        output_attentions = kwargs.get("output_attentions", self.config.output_attentions)
         if self.config.modality == "vision":
             if pixel_values is None:
                 raise ValueError("A vision LionModel needs pixel_values.")
-            return self._forward_vision(pixel_values, interpolate_pos_encoding, output_hidden_states)
+            return self._forward_vision(pixel_values, interpolate_pos_encoding, output_attentions)
         if pixel_values is not None:
             raise ValueError("pixel_values given to a text LionModel; a vision model needs config.modality='vision'.")
-        return self._forward_text(
-            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states
-        )
+        return self._forward_text(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_attentions)
 
-    def _forward_text(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states):
+    def _forward_text(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_attentions):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of input_ids or inputs_embeds.")
         shape = tuple(input_ids.shape) if input_ids is not None else tuple(inputs_embeds.shape[:-1])
@@ -555,29 +518,26 @@ class LionModel(LionPreTrainedModel):
         if token_type_ids is None:
             token_type_ids = torch.zeros(shape, dtype=torch.long, device=device)
         hidden_states = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
-        hidden_states, all_hidden_states = self.encoder(
-            hidden_states, output_hidden_states, key_padding_mask=key_padding_mask
+        hidden_states = self.encoder(
+            hidden_states, key_padding_mask=key_padding_mask, output_attentions=output_attentions
         )
         return BaseModelOutputWithPooling(
             last_hidden_state=hidden_states,
             pooler_output=self.pooler(hidden_states, key_padding_mask) if self.pooler is not None else None,
-            hidden_states=all_hidden_states,
         )
 
-    def _forward_vision(self, pixel_values, interpolate_pos_encoding, output_hidden_states):
+    def _forward_vision(self, pixel_values, interpolate_pos_encoding, output_attentions):
         hidden_states, (rows, cols) = self.embeddings(pixel_values, interpolate_pos_encoding)
         num_prefix_tokens = self.embeddings.num_prefix_tokens
         orders = None
         if self.config.patch_order == "snake" and self.config.variant != "lit":
             orders = snake_orders(rows, cols, num_prefix_tokens, hidden_states.device)
-        hidden_states, all_hidden_states = self.encoder(
-            hidden_states, output_hidden_states, orders=orders, num_prefix_tokens=num_prefix_tokens
+        hidden_states = self.encoder(
+            hidden_states, orders=orders, num_prefix_tokens=num_prefix_tokens, output_attentions=output_attentions
         )
         hidden_states = self.layernorm(hidden_states)
         pooled = hidden_states[:, 0] if self.config.pooling == "cls" else hidden_states.mean(dim=1)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=hidden_states, pooler_output=pooled, hidden_states=all_hidden_states
-        )
+        return BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=pooled)
 
 
 def _key_padding_mask(attention_mask: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -598,24 +558,9 @@ def _key_padding_mask(attention_mask: torch.Tensor, shape: tuple[int, int]) -> t
     return mask
 
 
-def classification_loss(config: LionConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Regression, single-label or multi-label loss, chosen as transformers' BERT/ViT heads do."""
-    num_labels = config.num_labels
-    if config.problem_type is None:
-        if num_labels == 1:
-            config.problem_type = "regression"
-        elif num_labels > 1 and labels.dtype in (torch.long, torch.int):
-            config.problem_type = "single_label_classification"
-        else:
-            config.problem_type = "multi_label_classification"
-    if config.problem_type == "regression":
-        return F.mse_loss(logits.squeeze(-1), labels.squeeze(-1).to(logits.dtype)) if num_labels == 1 else F.mse_loss(
-            logits, labels.to(logits.dtype)
-        )
-    if config.problem_type == "single_label_classification":
-        # int32 labels select this loss too (as in BERT), but cross_entropy takes class indices as int64 only.
-        return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1).long())
-    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+def _class_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Integer labels as int64, the only integer dtype cross-entropy takes (BERT accepts int32 labels too)."""
+    return labels.long() if labels.dtype == torch.int32 else labels
 
 
 # ----------------------------------------------------------------------------------------- text heads
@@ -681,7 +626,6 @@ class LionForMaskedLM(LionPreTrainedModel):
         position_ids=None,
         inputs_embeds=None,
         labels=None,
-        output_hidden_states=None,
         **kwargs,
     ) -> MaskedLMOutput:
         outputs = self.lion(
@@ -690,14 +634,16 @@ class LionForMaskedLM(LionPreTrainedModel):
             token_type_ids=token_type_ids,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
-            output_hidden_states=output_hidden_states,
             return_dict=True,
+            **kwargs,
         )
         logits = self.cls(outputs.last_hidden_state)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.view(-1, self.config.vocab_size), labels.view(-1).to(logits.device))
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+        return MaskedLMOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
 
 
 class _LionTextHead(LionPreTrainedModel):
@@ -712,15 +658,15 @@ class _LionTextHead(LionPreTrainedModel):
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         self.dropout = nn.Dropout(dropout)
 
-    def _backbone(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states):
+    def _backbone(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, **kwargs):
         return self.lion(
             input_ids,
             attention_mask=attention_mask,
             token_type_ids=token_type_ids,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
-            output_hidden_states=output_hidden_states,
             return_dict=True,
+            **kwargs,
         )
 
 
@@ -739,15 +685,16 @@ class LionForSequenceClassification(_LionTextHead):
         position_ids=None,
         inputs_embeds=None,
         labels=None,
-        output_hidden_states=None,
         **kwargs,
     ) -> SequenceClassifierOutput:
-        outputs = self._backbone(
-            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states
-        )
+        outputs = self._backbone(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, **kwargs)
         logits = self.classifier(self.dropout(outputs.pooler_output))
-        loss = classification_loss(self.config, logits, labels) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(_class_labels(labels), logits, self.config, **kwargs)
+        return SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
 
 
 class LionForTokenClassification(_LionTextHead):
@@ -767,17 +714,16 @@ class LionForTokenClassification(_LionTextHead):
         position_ids=None,
         inputs_embeds=None,
         labels=None,
-        output_hidden_states=None,
         **kwargs,
     ) -> TokenClassifierOutput:
-        outputs = self._backbone(
-            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states
-        )
+        outputs = self._backbone(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, **kwargs)
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.view(-1, self.config.num_labels), labels.view(-1))
-        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+            loss = self.loss_function(logits, _class_labels(labels), self.config, **kwargs)
+        return TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
 
 
 class LionForQuestionAnswering(_LionTextHead):
@@ -798,26 +744,23 @@ class LionForQuestionAnswering(_LionTextHead):
         inputs_embeds=None,
         start_positions=None,
         end_positions=None,
-        output_hidden_states=None,
         **kwargs,
     ) -> QuestionAnsweringModelOutput:
-        outputs = self._backbone(
-            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_hidden_states
-        )
+        outputs = self._backbone(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, **kwargs)
         start_logits, end_logits = self.qa_outputs(outputs.last_hidden_state).split(1, dim=-1)
         start_logits, end_logits = start_logits.squeeze(-1).contiguous(), end_logits.squeeze(-1).contiguous()
         loss = None
         if start_positions is not None and end_positions is not None:
             # Answers outside the sequence are ignored, as in BERT.
-            ignored = start_logits.shape[1]
-            start_positions = start_positions.view(-1).clamp(0, ignored)
-            end_positions = end_positions.view(-1).clamp(0, ignored)
-            loss = (
-                F.cross_entropy(start_logits, start_positions, ignore_index=ignored)
-                + F.cross_entropy(end_logits, end_positions, ignore_index=ignored)
-            ) / 2
+            loss = self.loss_function(
+                start_logits, end_logits, _class_labels(start_positions), _class_labels(end_positions), **kwargs
+            )
         return QuestionAnsweringModelOutput(
-            loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=outputs.hidden_states
+            loss=loss,
+            start_logits=start_logits,
+            end_logits=end_logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
         )
 
 
@@ -836,7 +779,6 @@ class LionForMultipleChoice(_LionTextHead):
         position_ids=None,
         inputs_embeds=None,
         labels=None,
-        output_hidden_states=None,
         **kwargs,
     ) -> MultipleChoiceModelOutput:
         reference = input_ids if input_ids is not None else inputs_embeds
@@ -848,16 +790,14 @@ class LionForMultipleChoice(_LionTextHead):
             return None if t is None else t.reshape(-1, *t.shape[2:])
 
         outputs = self._backbone(
-            flat(input_ids),
-            flat(attention_mask),
-            flat(token_type_ids),
-            flat(position_ids),
-            flat(inputs_embeds),
-            output_hidden_states,
+            flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids), flat(inputs_embeds), **kwargs
         )
         logits = self.classifier(self.dropout(outputs.pooler_output)).view(-1, num_choices)
-        loss = F.cross_entropy(logits, labels) if labels is not None else None
-        return MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        # transformers has no shared multiple-choice loss: a plain cross-entropy over the choices, as in BERT.
+        loss = F.cross_entropy(logits, _class_labels(labels)) if labels is not None else None
+        return MultipleChoiceModelOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
 
 
 # --------------------------------------------------------------------------------------- vision heads
@@ -874,23 +814,17 @@ class LionForImageClassification(LionPreTrainedModel):
         self.post_init()
 
     @can_return_tuple
-    def forward(
-        self,
-        pixel_values=None,
-        labels=None,
-        output_hidden_states=None,
-        interpolate_pos_encoding=False,
-        **kwargs,
-    ) -> ImageClassifierOutput:
+    def forward(self, pixel_values=None, labels=None, interpolate_pos_encoding=False, **kwargs) -> ImageClassifierOutput:
         outputs = self.lion(
-            pixel_values=pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
+            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
         )
         logits = self.classifier(outputs.pooler_output)
-        loss = classification_loss(self.config, logits, labels) if labels is not None else None
-        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(_class_labels(labels), logits, self.config, **kwargs)
+        return ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
 
 
 @dataclass
@@ -902,6 +836,7 @@ class LionImageClassifierWithTeacherOutput(ModelOutput):
     cls_logits: torch.Tensor | None = None
     distillation_logits: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 DISTILLATION_TYPES = ("hard", "soft")
@@ -969,15 +904,11 @@ class LionForImageClassificationWithTeacher(LionPreTrainedModel):
         distillation_type="hard",
         alpha=0.5,
         tau=1.0,
-        output_hidden_states=None,
         interpolate_pos_encoding=False,
         **kwargs,
     ) -> LionImageClassifierWithTeacherOutput:
         outputs = self.lion(
-            pixel_values=pixel_values,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
+            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
         )
         cls_logits = self.cls_classifier(outputs.pooler_output)
         distillation_logits = self.distillation_classifier(outputs.last_hidden_state[:, 1])
@@ -994,7 +925,40 @@ class LionForImageClassificationWithTeacher(LionPreTrainedModel):
             cls_logits=cls_logits,
             distillation_logits=distillation_logits,
             hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
         )
+
+
+# The Auto class that loads each head: the one table behind every saved config's auto_map and lion_hf's
+# registration with the Auto classes. A text checkpoint loads into any text head (a new head is initialised).
+TEXT_AUTO_CLASSES = {
+    "AutoModel": LionModel,
+    "AutoModelForMaskedLM": LionForMaskedLM,
+    "AutoModelForSequenceClassification": LionForSequenceClassification,
+    "AutoModelForTokenClassification": LionForTokenClassification,
+    "AutoModelForQuestionAnswering": LionForQuestionAnswering,
+    "AutoModelForMultipleChoice": LionForMultipleChoice,
+}
+VISION_AUTO_CLASSES = {
+    "AutoModel": LionModel,
+    "AutoModelForImageClassification": (LionForImageClassification, LionForImageClassificationWithTeacher),
+}
+
+
+def lion_auto_map(config: LionConfig) -> dict[str, str]:
+    """``auto_map`` for a checkpoint of ``config``: its config class and every head its Auto classes load."""
+    table = TEXT_AUTO_CLASSES if config.modality == "text" else VISION_AUTO_CLASSES
+
+    def name(cls) -> str:
+        return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+
+    auto_map = {"AutoConfig": name(type(config))}
+    for auto_class, heads in table.items():
+        if isinstance(heads, tuple):
+            # The head that `architectures` names (the distilled one has both classifiers).
+            heads = heads[1] if config.use_distillation_token else heads[0]
+        auto_map[auto_class] = name(heads)
+    return auto_map
 
 
 __all__ = [
@@ -1008,6 +972,6 @@ __all__ = [
     "LionForImageClassification",
     "LionForImageClassificationWithTeacher",
     "distillation_loss",
-    "lion_image_processor",
+    "lion_auto_map",
     "snake_orders",
 ]
