@@ -174,11 +174,6 @@ def build_config(args: ModelArguments, scratch_defaults: dict | None = None) -> 
         config = config_class.from_dict({**base, **overrides})
     except ValueError as error:
         raise InputError(f"Invalid config: {error}") from None
-    # Until the config fix of issue 9 lands on main: the image-classification Auto class reads `architectures`.
-    if isinstance(config, lion_hf.LionConfig) and config.architectures is None and config.modality == "vision":
-        config.architectures = [
-            "LionForImageClassificationWithTeacher" if config.use_distillation_token else "LionForImageClassification"
-        ]
     return config
 
 

@@ -66,6 +66,7 @@ REGRESSION_TASKS = ("stsb",)
 HEAD = "ForSequenceClassification"
 SPLIT_FLAGS = {"train": "do_train", "validation": "do_eval", "test": "do_predict"}
 PREDICTIONS_FILE = "predict_results.txt"
+DEFAULT_MAX_SEQ_LENGTH = 128
 
 
 @dataclass
@@ -98,10 +99,11 @@ class GlueDataArguments:
                   "sentence or text)."},
     )  # fmt: skip
     label_column_name: str = field(default="label", metadata={"help": "The column holding the labels."})
-    max_seq_length: int = field(
-        default=128,
-        metadata={"help": "Tokens per example, special tokens included; longer ones are cut (the count is logged). "
-                  "Longer than the model's position table is refused."},
+    max_seq_length: int | None = field(
+        default=None,
+        metadata={"help": f"Tokens per example, special tokens included (default {DEFAULT_MAX_SEQ_LENGTH}, or the "
+                  "position table if shorter); longer examples are cut (the count is logged). Longer than the "
+                  "model's position table is refused."},
     )  # fmt: skip
     pad_to_multiple_of: int | None = field(default=None, metadata={"help": "Pad batches to a multiple of this."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Train on the first N examples only."})
@@ -223,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     )
     config = build_config(model_args, {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id})
     prepare_labels(config, raw, data_args, model_args, training_args, regression)
-    max_length = check_max_seq_length(data_args.max_seq_length, config, data_args.max_seq_length)
+    max_length = check_max_seq_length(data_args.max_seq_length, config, DEFAULT_MAX_SEQ_LENGTH)
 
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_predict_samples}
     label_column = data_args.label_column_name
