@@ -191,10 +191,11 @@ def prepare_labels(config, raw, data_args, model_args, training_args, regression
     set_labels(config, names, has_trained_head(model_args, config, HEAD), model_args.ignore_mismatched_sizes)
 
 
+ARGUMENTS = (GlueModelArguments, GlueDataArguments, OutputArguments, TrainingArguments)
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict]:
-    model_args, data_args, output_args, training_args = parse_arguments(
-        (GlueModelArguments, GlueDataArguments, OutputArguments, TrainingArguments), argv
-    )
+    model_args, data_args, output_args, training_args = parse_arguments(ARGUMENTS, argv)
     setup_logging(training_args)
     wanted = [split for split, flag in SPLIT_FLAGS.items() if getattr(training_args, flag)]
     if not wanted:

@@ -201,10 +201,11 @@ def load_teacher(distill_args: DistillationArguments, model_args: ImageModelArgu
     return teacher
 
 
+ARGUMENTS = (ImageModelArguments, ImageDataArguments, DistillationArguments, OutputArguments, TrainingArguments)
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict]:
-    model_args, data_args, distill_args, output_args, training_args = parse_arguments(
-        (ImageModelArguments, ImageDataArguments, DistillationArguments, OutputArguments, TrainingArguments), argv
-    )
+    model_args, data_args, distill_args, output_args, training_args = parse_arguments(ARGUMENTS, argv)
     setup_logging(training_args)
     if not (training_args.do_train or training_args.do_eval):
         raise InputError("Nothing to do: pass --do_train and/or --do_eval.")

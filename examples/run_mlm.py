@@ -186,10 +186,11 @@ def argmax_logits(logits, labels):
     return logits.argmax(dim=-1)
 
 
+ARGUMENTS = (MLMModelArguments, MLMDataArguments, OutputArguments, TrainingArguments)
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict]:
-    model_args, data_args, output_args, training_args = parse_arguments(
-        (MLMModelArguments, MLMDataArguments, OutputArguments, TrainingArguments), argv
-    )
+    model_args, data_args, output_args, training_args = parse_arguments(ARGUMENTS, argv)
     setup_logging(training_args)
     if not (training_args.do_train or training_args.do_eval):
         raise InputError("Nothing to do: pass --do_train and/or --do_eval.")
