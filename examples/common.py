@@ -86,7 +86,7 @@ def run(main) -> None:
         raise SystemExit(f"error: {error}") from None
 
 
-def setup_logging(training_args) -> None:
+def setup_logging(training_args, script_logger: logging.Logger) -> None:
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
@@ -94,7 +94,7 @@ def setup_logging(training_args) -> None:
     )
     level = training_args.get_process_log_level()
     # The scripts' own messages (what was cut or left out of the data, resuming) show on the main process.
-    for module_logger in (logger, logging.getLogger("__main__")):
+    for module_logger in (logger, script_logger):
         module_logger.setLevel(min(level, logging.INFO) if training_args.should_log else level)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)

@@ -196,7 +196,7 @@ ARGUMENTS = (GlueModelArguments, GlueDataArguments, OutputArguments, TrainingArg
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
     model_args, data_args, output_args, training_args = parse_arguments(ARGUMENTS, argv)
-    setup_logging(training_args)
+    setup_logging(training_args, logger)
     wanted = [split for split, flag in SPLIT_FLAGS.items() if getattr(training_args, flag)]
     if not wanted:
         raise InputError("Nothing to do: pass --do_train, --do_eval and/or --do_predict.")

@@ -206,7 +206,7 @@ ARGUMENTS = (ImageModelArguments, ImageDataArguments, DistillationArguments, Out
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
     model_args, data_args, distill_args, output_args, training_args = parse_arguments(ARGUMENTS, argv)
-    setup_logging(training_args)
+    setup_logging(training_args, logger)
     if not (training_args.do_train or training_args.do_eval):
         raise InputError("Nothing to do: pass --do_train and/or --do_eval.")
     if not 0 < data_args.min_crop_scale <= 1:

@@ -191,7 +191,7 @@ ARGUMENTS = (MLMModelArguments, MLMDataArguments, OutputArguments, TrainingArgum
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
     model_args, data_args, output_args, training_args = parse_arguments(ARGUMENTS, argv)
-    setup_logging(training_args)
+    setup_logging(training_args, logger)
     if not (training_args.do_train or training_args.do_eval):
         raise InputError("Nothing to do: pass --do_train and/or --do_eval.")
     last_checkpoint = check_output_dir(training_args, output_args.overwrite_output_dir)

@@ -85,6 +85,7 @@ SETTINGS = {
                            "--per_device_train_batch_size", "4", "--max_train_samples", "16"],
     },
 }
+NOT_RUN = "not run (time budget)"
 COMMON = ["--report_to", "none", "--save_strategy", "no", "--seed", "0", "--overwrite_output_dir", "--disable_tqdm", "true"]
 
 
@@ -210,21 +211,29 @@ def execute(run: dict) -> dict:
     return record
 
 
-def fsdp_check(settings: dict, data: Path, work: Path, corpus: Path, smoke: bool) -> dict:
-    """One FSDP process (the shipped text config): train, gather the checkpoint, reload it on the GPU and the CPU."""
-    import torch
-
+def fsdp_launch(settings: dict, data: Path, work: Path, corpus: Path) -> tuple[list[str], Path]:
+    """One FSDP process with the shipped text config: the scale-out BERT-base LION-S for the warm-up's steps."""
     output_dir = work / "fsdp_mlm"
     argv = [*settings["scaleout_mlm"], "--tokenizer_name", str(data / "tokenizers" / "bert-base-uncased"),
             "--train_file", str(corpus), "--do_train", "--max_steps", settings["scaleout_steps"][0],
             "--output_dir", str(output_dir), *COMMON, *settings["device"]]  # fmt: skip
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(EXAMPLES / "accelerate" / "fsdp_text.yaml"),
-              "--num_processes", "1", str(EXAMPLES / "run_mlm.py"), *argv]  # fmt: skip
-    record = {"command": shlex.join(["accelerate", "launch", *launch[3:]]).replace(str(EXAMPLES), "examples")}
+    config = EXAMPLES / "accelerate" / "fsdp_text.yaml"
+    return ["accelerate", "launch", "--config_file", str(config), "--num_processes", "1", str(EXAMPLES / "run_mlm.py"), *argv], output_dir
+
+
+def fsdp_record(launch: list[str], status: str) -> dict:
+    return {"command": shlex.join(launch).replace(str(EXAMPLES), "examples"), "status": status}
+
+
+def fsdp_check(settings: dict, data: Path, work: Path, corpus: Path, smoke: bool) -> dict:
+    """Train under FSDP, then reload the gathered checkpoint on the GPU and on the CPU and compare the logits."""
+    import torch
+
+    launch, output_dir = fsdp_launch(settings, data, work, corpus)
+    record = fsdp_record(launch, "ran")
     if smoke:
-        record["status"] = "not run in the smoke run (FSDP needs a GPU)"
-        return record
-    result = subprocess.run(launch, capture_output=True, text=True, timeout=300)
+        return fsdp_record(launch, "not run in the smoke run (FSDP needs a GPU)")
+    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *launch[2:]], capture_output=True, text=True, timeout=300)
     record["returncode"] = result.returncode
     if result.returncode != 0:
         record["status"] = "failed"
@@ -239,7 +248,6 @@ def fsdp_check(settings: dict, data: Path, work: Path, corpus: Path, smoke: bool
         model = AutoModelForMaskedLM.from_pretrained(output_dir, trust_remote_code=True).to(device).eval()
         with torch.no_grad():
             logits[device] = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
-    record["status"] = "ran"
     record["max_abs_logit_difference_gpu_vs_cpu"] = (logits["cuda"] - logits["cpu"]).abs().max().item()
     record["final_loss"] = json.loads((output_dir / "trainer_state.json").read_text())["log_history"][-1].get("train_loss")
     return record
@@ -258,8 +266,8 @@ def environment() -> dict:
 
 
 def metric(run: dict | None, key: str, scale: float = 1.0, digits: int = 2) -> str:
-    if run is None or "metrics" not in run or key not in run["metrics"]:
-        return "not run" if run is None or run.get("status") != "failed" else "failed"
+    if run is None or key not in run.get("metrics", {}):
+        return "not run" if run is None or run.get("status", "").startswith("not run") else "failed"
     return f"{run['metrics'][key] * scale:.{digits}f}"
 
 
@@ -314,10 +322,16 @@ def markdown(report: dict) -> str:
                 f"{run.get('peak_memory_gib', '-')} | {metric(run, 'train_loss', digits=3)} |"
             )
     lines += ["", "## Commands", "", "```bash"]
-    lines += [f"{run['command']}  # {run['group']}: {run['name']}" for run in report["runs"]]
+    lines += [f"{run['command']}  # {run['group']}: {run['name']}" for run in report["runs"] if "metrics" in run]
     lines += ["```"]
-    if report.get("not_run"):
-        lines += ["", f"Not run (time budget): {', '.join(report['not_run'])}."]
+    not_run = [run for run in report["runs"] if "metrics" not in run]
+    if not_run:
+        lines += ["", "Planned but not run (the status says why):", "", "```bash"]
+        lines += [f"{run['command']}  # {run['group']}: {run['name']}: {run.get('status')}" for run in not_run]
+        lines += ["```"]
+    fsdp = report.get("fsdp")
+    if fsdp:
+        lines += ["", f"FSDP, one process ({fsdp['status']}):", "", "```bash", fsdp["command"], "```"]
     return "\n".join(lines) + "\n"
 
 
@@ -335,7 +349,8 @@ def plot(report: dict, path: Path) -> None:
             if curve and (run["group"] == group or (group == "cifar10" and run["group"] == "distillation")):
                 axis.plot(*zip(*curve), label=run["name"])
         axis.set(title=title, xlabel="step", ylabel="training loss")
-        axis.legend(fontsize=8)
+        if axis.lines:
+            axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -370,33 +385,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("outputs/results"), help="checkpoints and corpora")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes and budgets, on the CPU")
     parser.add_argument("--budget_s", type=float, default=float("inf"), help="start no run after this many seconds")
+    parser.add_argument("--replot", type=Path, help="only rewrite the reports of --out from this results.json")
     args = parser.parse_args(argv)
+    if args.replot:
+        write_reports(json.loads(args.replot.read_text(encoding="utf-8")), args.out)
+        return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     settings = SETTINGS["smoke" if args.smoke else "full"]
     corpus = build_corpus(args.data, args.work)
-    report = {"environment": environment(), "smoke": args.smoke, "runs": [], "not_run": []}
+    report = {"environment": environment(), "smoke": args.smoke, "runs": []}
     started = time.perf_counter()
     for run in plan(settings, args.data, args.work, corpus):
-        label = f"{run['group']}: {run['name']}"
+        entry = {key: run[key] for key in ("name", "group", "script", "argv")} | {"command": command(run)}
+        report["runs"].append(entry)
         if time.perf_counter() - started > args.budget_s:
-            report["not_run"].append(label)
+            entry["status"] = NOT_RUN
             continue
         if "needs" in run and not (Path(run["needs"]) / "config.json").is_file():
-            report["not_run"].append(f"{label} (needs {run['needs']})")
+            entry["status"] = f"not run (needs {run['needs']})"
             continue
-        print(f"\n=== {label}\n{command(run)}", flush=True)
-        entry = {key: run[key] for key in ("name", "group", "script", "argv")} | {"command": command(run)}
+        print(f"\n=== {run['group']}: {run['name']}\n{entry['command']}", flush=True)
         try:
             entry |= execute(run)
         except Exception as error:  # one failed run must not lose the others' results
             entry |= {"status": "failed", "error": f"{type(error).__name__}: {error}"}
             print(f"FAILED: {entry['error']}", flush=True)
-        report["runs"].append(entry)
         write_reports(report, args.out)
     if time.perf_counter() - started <= args.budget_s:
         report["fsdp"] = fsdp_check(settings, args.data, args.work, corpus, args.smoke)
     else:
-        report["not_run"].append("scaleout: FSDP one-process run")
+        report["fsdp"] = fsdp_record(fsdp_launch(settings, args.data, args.work, corpus)[0], NOT_RUN)
     write_reports(report, args.out)
     print((args.out / "results.md").read_text(encoding="utf-8"))
     return 1 if any(run.get("status") == "failed" for run in report["runs"]) else 0
