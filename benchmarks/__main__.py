@@ -16,7 +16,7 @@ import transformers
 import lion_hf
 
 from . import report
-from .suites import GROUPS, full_settings, smoke_settings
+from .suites import GROUPS, VISION_SHAPES, full_settings, smoke_settings
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
@@ -48,7 +48,31 @@ def build_parser() -> argparse.ArgumentParser:
         ("max-call-s", float, "skip (and record) a configuration predicted to take longer per call"),
     ):
         parser.add_argument(f"--{name}", type=kind, default=None, help=f"{what} (default: the mode's setting)")
+    parser.add_argument(
+        "--operator-lengths",
+        type=_positive_ints,
+        default=None,
+        metavar="N,N,...",
+        help="sequence lengths of the operator group (default: the mode's setting)",
+    )
+    parser.add_argument(
+        "--vision-shapes",
+        type=lambda text: tuple(name.strip() for name in text.split(",") if name.strip()),
+        default=None,
+        metavar="NAME,...",
+        help=f"vision training shapes, from: {', '.join(VISION_SHAPES)} (default: the mode's setting)",
+    )
     return parser
+
+
+def _positive_ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
 
 
 def _meta(device: torch.device, settings, elapsed_s: float) -> dict:
@@ -87,9 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     overrides = {
         key: getattr(args, key)
-        for key in ("warmup", "repeats", "budget_s", "max_call_s")
+        for key in ("warmup", "repeats", "budget_s", "max_call_s", "operator_lengths")
         if getattr(args, key) is not None
     }
+    if args.vision_shapes is not None:
+        unknown = [name for name in args.vision_shapes if name not in VISION_SHAPES]
+        if unknown or not args.vision_shapes:
+            raise SystemExit(f"unknown vision shape(s) {unknown}; allowed: {', '.join(VISION_SHAPES)}")
+        overrides["vision_shapes"] = tuple(VISION_SHAPES[name] for name in args.vision_shapes)
     settings = smoke_settings(**overrides) if args.smoke else full_settings(**overrides)
     args.out.mkdir(parents=True, exist_ok=True)
 

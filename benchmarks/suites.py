@@ -15,6 +15,7 @@ from .timing import measure, skipped
 
 VIT_B = VisionShape("ViT-B/16", 768, 12, 12, 3072, 224, 16, 1000)
 VIT_S = VisionShape("ViT-S/16", 384, 12, 6, 1536, 224, 16, 1000)
+VISION_SHAPES = {shape.name: shape for shape in (VIT_B, VIT_S)}
 BERT_BASE = TextShape("BERT-base", 768, 12, 12, 3072, 30522, 512)
 
 VISION_VARIANTS = (("lit", "raster"), ("d", "raster"), ("s", "raster"), ("d", "snake"), ("s", "snake"))

@@ -25,8 +25,42 @@ def _info(args: argparse.Namespace) -> int:
         print("cuda          not available (CPU only)")
     triton = "installed" if importlib.util.find_spec("triton") is not None else "not installed"
     print(f"triton        {triton}")
-    print(f"attention     forms: {', '.join(lion_hf.ATTENTION_FORMS)} (PyTorch)")
+    print("attention     what computes each form here, in the order attention_backend='auto' tries them:")
+    for device, dtype in _probe_settings(torch):
+        print(f"  on {device} {str(dtype).removeprefix('torch.')}:")
+        chosen = set()
+        for form, backend, reason in _implementations_for(device, dtype):
+            if reason is not None:
+                status = f"cannot run: {reason}"
+            elif form in chosen:
+                status = "can run (with attention_backend=" + repr(backend) + ")"
+            else:
+                chosen.add(form)
+                status = "runs"
+            print(f"    {form:<10} {backend:<8} {status}")
     return 0
+
+
+def _probe_settings(torch) -> list[tuple[str, object]]:
+    settings = [("cpu", torch.float32)]
+    if torch.cuda.is_available():
+        settings += [("cuda", torch.bfloat16), ("cuda", torch.float32)]
+    return settings
+
+
+def _implementations_for(device: str, dtype) -> list[tuple[str, str, str | None]]:
+    """Every entry of the operator's dispatch table with why it would not run head-dim-64 inputs (or None)."""
+    import torch
+
+    from lion_hf.modeling.lion_attention import IMPLEMENTATIONS
+
+    q = torch.zeros(1, 1, 16, 64, device=device, dtype=dtype)
+    options = dict(chunk_size=64, normalize=False, eps=1e-6, key_padding_mask=None, dropout_p=0.0)
+    rows = []
+    for implementation in IMPLEMENTATIONS:
+        reason = implementation.unsupported(q, q, q, None, None, **options)
+        rows.append((implementation.form, implementation.backend, reason))
+    return rows
 
 
 def _convert(args: argparse.Namespace) -> int:

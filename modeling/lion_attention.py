@@ -26,6 +26,11 @@ score dropout needs the matrix).
 Row normalisation (``normalize=True``: ``Y = (A V) / (rowsum(A) + eps)``) is computed by every form by carrying a
 column of ones next to the values, so the normaliser sees exactly the same mask as the numerator.
 
+Dispatch. ``lion_attention`` checks its arguments once and hands them to the first entry of ``IMPLEMENTATIONS``
+(backend, form, run, why-not) that can run them: fused kernels sit in front of the PyTorch forms of this file,
+which run anywhere. ``attention_backend`` (``backend=``) or ``$LION_HF_ATTENTION_BACKEND`` names one backend.
+The float64 oracle every implementation is tested against is ``naive.py`` beside this file.
+
 Mask construction. With ``m`` the running sum of log-decays along the path minus half the token's own
 log-decay, and ``h`` half the token's log-decay, every mask entry is
 

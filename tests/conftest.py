@@ -1,11 +1,8 @@
-"""Shared test setup: offline hub, the project's ../shared folder, and a process without lion_hf."""
+"""Test setup: an offline hub, the project's ../shared folder as fixtures, and skips counted as failures."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -36,35 +33,6 @@ def fixtures_dir(shared_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def data_dir(shared_dir: Path) -> Path:
     return shared_dir / "data"
-
-
-_BLOCK_LION_HF = """
-import sys
-
-class _BlockLionHF:
-    def find_spec(self, name, path=None, target=None):
-        if name == "lion_hf" or name.startswith("lion_hf."):
-            raise ModuleNotFoundError(f"No module named {name!r} (hidden for this test)")
-        return None
-
-sys.meta_path.insert(0, _BlockLionHF())
-"""
-
-
-def run_without_lion_hf(code: str, cwd: Path, timeout: int = 600) -> str:
-    """Run ``code`` in a fresh Python process in which ``import lion_hf`` fails; return its stdout.
-
-    The process asserts at exit that nothing imported lion_hf, so a passing run proves the code path works
-    for users who only have transformers and a checkpoint folder.
-    """
-    script = _BLOCK_LION_HF + textwrap.dedent(code) + "\nassert 'lion_hf' not in sys.modules\n"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_MODULES_CACHE": str(cwd / "hf_modules")}
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    if result.returncode != 0:
-        raise AssertionError(f"subprocess failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result.stdout
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -73,3 +73,21 @@ def test_compiled_groups_get_their_own_baselines_and_no_eager_targets():
     # The training targets are about the eager groups; a run without them decides none of them.
     assert report.evaluate_targets(records) == []
     assert "== MLM training step under torch.compile ==" in report.table(records, [])
+
+
+def test_operator_lengths_and_bad_flags(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    command = [sys.executable, "-m", "benchmarks", "--smoke", "--device", "cpu", "--no-plots", "--out", str(tmp_path)]
+    result = subprocess.run(
+        command + ["--groups", "operator", "--operator-lengths", "16,24"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert {r["seq_len"] for r in records} == {16, 24}
+    for flags, message in [
+        (["--operator-lengths", "16,x"], "expected comma-separated positive integers, got '16,x'"),
+        (["--vision-shapes", "ViT-H/14"], "unknown vision shape(s) ['ViT-H/14']; allowed: ViT-B/16, ViT-S/16"),
+    ]:
+        result = subprocess.run(command + flags, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]

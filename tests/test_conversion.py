@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_without_lion_hf
+from helpers import run_without_lion_hf
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, BertTokenizer
 

@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-from conftest import REPO
+from helpers import REPO
 
 
 def test_demo_trains_saves_and_reloads_in_a_fresh_process(tmp_path):

@@ -1,18 +1,33 @@
-"""Saved checkpoints carry their code: round trips in-process and loads with lion_hf hidden."""
+"""Saved checkpoints carry their code: round trips in-process, loads with lion_hf hidden, older checkpoints."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_without_lion_hf
+from helpers import (
+    REPO,
+    assert_close,
+    deit_eval_transform,
+    randomized,
+    run_without_lion_hf,
+    some_images,
+    tiny_text_config,
+    tiny_vision_config,
+)
+from PIL import Image
 from safetensors.torch import load_file
-from test_text_models import tiny_config
-from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
+from transformers import AutoModelForImageClassification, AutoModelForMaskedLM, AutoTokenizer, pipeline
 
-from lion_hf import LionForMaskedLM
+from lion_hf import (
+    LionForImageClassification,
+    LionForImageClassificationWithTeacher,
+    LionForMaskedLM,
+    lion_image_processor,
+)
 
 MODEL_FILES = ("configuration_lion.py", "modeling_lion.py", "lion_attention.py")
 SENTENCES = ["the cat sat on the [MASK] .", "a [MASK] day"]
@@ -29,7 +44,7 @@ def checkpoint(tmp_path_factory, data_dir: Path):
     """A small LION-S masked-LM folder with the real BERT tokenizer, and the model that wrote it."""
     folder = tmp_path_factory.mktemp("lion-mlm")
     torch.manual_seed(0)
-    model = LionForMaskedLM(tiny_config("s", vocab_size=30522, max_position_embeddings=64, chunk_size=4)).eval()
+    model = LionForMaskedLM(tiny_text_config("s", vocab_size=30522, max_position_embeddings=64, chunk_size=4)).eval()
     model.save_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(data_dir / "tokenizers" / "bert-base-uncased")
     tokenizer.save_pretrained(folder)
@@ -137,3 +152,122 @@ def test_remote_code_without_lion_hf(checkpoint, tmp_path):
     torch.testing.assert_close(remote["fill_scores"], scores, rtol=1e-5, atol=1e-7)
     local = pipeline("fill-mask", model=model, tokenizer=tokenizer)(FILL_MASK_TEXT, top_k=5)
     assert local == written["fill_mask"]
+
+
+# ---------------------------------------------------------------------------------------------- vision
+
+
+def _save_pair(folder: Path):
+    labels = {0: "ants", 1: "bees"}
+    classifier_config = tiny_vision_config(image_size=32, patch_size=8, variant="s", patch_order="snake", id2label=labels)
+    classifier = randomized(LionForImageClassification(classifier_config))
+    classifier.save_pretrained(folder / "classifier")
+    lion_image_processor(classifier_config).save_pretrained(folder / "classifier")
+    teacher_config = tiny_vision_config(image_size=32, patch_size=8, variant="d", use_distillation_token=True, id2label=labels)
+    distilled = randomized(LionForImageClassificationWithTeacher(teacher_config))
+    distilled.save_pretrained(folder / "distilled")
+    lion_image_processor(teacher_config).save_pretrained(folder / "distilled")
+    return classifier, distilled
+
+
+def test_saved_checkpoints_load_as_remote_code_and_classify_a_photo(tmp_path, data_dir):
+    classifier, distilled = _save_pair(tmp_path)
+    photo = some_images(data_dir, 1)[0]
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    torch.save(pixels, tmp_path / "pixels.pt")
+    stdout = run_without_lion_hf(
+        f"""
+        import json, torch
+        from PIL import Image
+        from transformers import AutoModel, AutoModelForImageClassification, pipeline
+        from transformers.models.auto.image_processing_auto import AutoImageProcessor
+        pixels = torch.load("pixels.pt")
+        result = {{}}
+        for name in ("classifier", "distilled"):
+            model = AutoModelForImageClassification.from_pretrained(name, trust_remote_code=True).eval()
+            backbone = AutoModel.from_pretrained(name, trust_remote_code=True).eval()
+            processor = AutoImageProcessor.from_pretrained(name)
+            with torch.no_grad():
+                photo = processor(Image.open({str(photo)!r}), return_tensors="pt")["pixel_values"]
+                result[name] = dict(
+                    model_class=type(model).__name__,
+                    backbone_class=type(backbone).__name__,
+                    processor_size=processor.crop_size["height"],
+                    logits=model(pixel_values=pixels).logits.tolist(),
+                    hidden=backbone(pixel_values=pixels).last_hidden_state.tolist(),
+                    photo=photo.tolist(),
+                    pipeline=pipeline("image-classification", model=name, trust_remote_code=True)({str(photo)!r}),
+                )
+        print(json.dumps(result))
+        """,
+        cwd=tmp_path,
+    )
+    result = json.loads(stdout.strip().splitlines()[-1])
+    for name, model, model_class in [
+        ("classifier", classifier, "LionForImageClassification"),
+        ("distilled", distilled, "LionForImageClassificationWithTeacher"),
+    ]:
+        got = result[name]
+        assert (got["model_class"], got["backbone_class"], got["processor_size"]) == (model_class, "LionModel", 32)
+        with torch.no_grad():
+            assert_close(torch.tensor(got["logits"]), model(pixel_values=pixels).logits)
+            assert_close(torch.tensor(got["hidden"]), model.lion(pixel_values=pixels).last_hidden_state)
+            with Image.open(photo) as image:
+                photo_pixels = torch.from_numpy(deit_eval_transform(image, 32))[None]
+            assert_close(torch.tensor(got["photo"]), photo_pixels)
+            probabilities = model(pixel_values=photo_pixels).logits.softmax(-1)[0]
+        expected = sorted(
+            ({"label": model.config.id2label[i], "score": p} for i, p in enumerate(probabilities.tolist())),
+            key=lambda item: -item["score"],
+        )
+        assert [item["label"] for item in got["pipeline"]] == [item["label"] for item in expected]
+        assert {item["label"] for item in expected} == {"ants", "bees"}
+        np.testing.assert_allclose([i["score"] for i in got["pipeline"]], [i["score"] for i in expected], atol=1e-5)
+
+
+def test_installed_auto_class_picks_the_distilled_head(tmp_path):
+    _, distilled = _save_pair(tmp_path)
+    for trust in (False, True):
+        loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "distilled", trust_remote_code=trust).eval()
+        assert type(loaded) is LionForImageClassificationWithTeacher
+        pixels = torch.randn(1, 3, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(pixel_values=pixels).logits, distilled(pixel_values=pixels).logits)
+
+
+# ------------------------------------------------------------------------------------ older checkpoints
+
+SAVED_BY_0_1_0 = Path(__file__).parent / "data" / "saved-by-0.1.0-ecd2d26"
+
+
+def test_checkpoints_saved_by_version_0_1_0_still_load_and_give_their_outputs():
+    """Folders written by commit ecd2d26 (with its auto_map, processor and code), outputs computed by that code."""
+    for name, model_class, inputs in [
+        ("text-mlm", LionForMaskedLM, ("input_ids", "attention_mask")),
+        ("vision-classifier", LionForImageClassification, ("pixel_values",)),
+    ]:
+        io = load_file(SAVED_BY_0_1_0 / f"{name}.io.safetensors")
+        for loader in (model_class, AutoModelForImageClassification if "vision" in name else AutoModelForMaskedLM):
+            model = loader.from_pretrained(SAVED_BY_0_1_0 / name).eval()
+            assert type(model) is model_class
+            with torch.no_grad():
+                assert_close(model(**{key: io[key] for key in inputs}).logits, io["logits"], rtol=0, atol=1e-6)
+
+
+def test_checkpoints_saved_by_version_0_1_0_load_their_own_code_without_lion_hf(tmp_path):
+    """The vision folder carries the code of that version (the text one is kept without, to stay small)."""
+    stdout = run_without_lion_hf(
+        f"""
+        import torch
+        from safetensors.torch import load_file
+        from transformers import AutoModelForImageClassification
+        folder = {str(SAVED_BY_0_1_0)!r}
+        io = load_file(folder + "/vision-classifier.io.safetensors")
+        model = AutoModelForImageClassification.from_pretrained(folder + "/vision-classifier", trust_remote_code=True)
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        with torch.no_grad():
+            print((model.eval()(pixel_values=io["pixel_values"]).logits - io["logits"]).abs().max().item())
+        """,
+        cwd=tmp_path,
+    )
+    assert float(stdout.strip().splitlines()[-1]) < 1e-6

@@ -1,4 +1,4 @@
-"""LionConfig and the text models: forms, padding, heads, training switches and bad input."""
+"""LionConfig and the text models: configuration, padding, heads and their losses, recorded outputs, bad input."""
 
 from __future__ import annotations
 
@@ -6,7 +6,17 @@ import re
 
 import pytest
 import torch
-import torch.nn.functional as F
+from helpers import (
+    FORMS,
+    VARIANTS,
+    VOCAB,
+    assert_close,
+    build,
+    right_padded_mask,
+    run_in_form,
+    tiny_text_config,
+    token_ids,
+)
 
 from lion_hf import (
     LionConfig,
@@ -17,52 +27,7 @@ from lion_hf import (
     LionForTokenClassification,
     LionModel,
 )
-
-VARIANTS = ("lit", "d", "s")
-FORMS = ("parallel", "chunk", "recurrent")
-VOCAB = 97
-
-
-def tiny_config(variant: str = "s", **kwargs) -> LionConfig:
-    """A two-layer text config; a large initializer range makes attention matter next to the residual."""
-    settings = dict(
-        variant=variant,
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=48,
-        max_position_embeddings=24,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        initializer_range=0.2,
-        chunk_size=3,
-    )
-    settings.update(kwargs)
-    return LionConfig(**settings)
-
-
-def build(model_class, config, seed=0):
-    torch.manual_seed(seed)
-    return model_class(config).eval()
-
-
-def token_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
-    return torch.randint(1, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
-
-
-def right_padded_mask(lengths, length):
-    return (torch.arange(length)[None, :] < torch.tensor(lengths)[:, None]).long()
-
-
-def assert_close(actual, expected, atol=2e-5):
-    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=atol)
-
-
-def run_in_form(model, form, **inputs):
-    model.set_attention_form(form)
-    with torch.no_grad():
-        return model(**inputs)
+from lion_hf.modeling.naive import naive_attention_weights
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -105,31 +70,13 @@ def test_presets(variant):
         LionConfig.from_preset("bert-huge")
 
 
-# ---------------------------------------------------------------------------------------------- forms
-
-
-@pytest.mark.parametrize("layer_norm_after", [False, True])
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_forms_agree_on_full_models(variant, layer_norm_after):
-    config = tiny_config(variant, layer_norm_after=layer_norm_after)
-    ids = token_ids(3, 11)
-    mask = right_padded_mask([11, 7, 4], 11)
-    for model_class, key in [(LionModel, "last_hidden_state"), (LionForMaskedLM, "logits")]:
-        model = build(model_class, config)
-        reference = run_in_form(model, "parallel", input_ids=ids, attention_mask=mask)[key]
-        for form in ("chunk", "recurrent"):
-            assert_close(run_in_form(model, form, input_ids=ids, attention_mask=mask)[key], reference)
-        if model_class is LionModel:
-            assert_close(
-                run_in_form(model, "recurrent", input_ids=ids, attention_mask=mask).pooler_output,
-                run_in_form(model, "parallel", input_ids=ids, attention_mask=mask).pooler_output,
-            )
+# -------------------------------------------------------------------------------------------- padding
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_padding_gives_the_outputs_of_the_sequence_alone(variant):
     """A row padded on the left or on the right equals the unpadded sequence on its real tokens, in every form."""
-    model = build(LionModel, tiny_config(variant))
+    model = build(LionModel, tiny_text_config(variant))
     length, pad = 7, 4
     ids = token_ids(1, length)
     filler = token_ids(1, pad, seed=5)
@@ -149,7 +96,7 @@ def test_padding_gives_the_outputs_of_the_sequence_alone(variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_padded_tokens_do_not_influence_real_tokens(variant):
-    model = build(LionForMaskedLM, tiny_config(variant))
+    model = build(LionForMaskedLM, tiny_text_config(variant))
     ids = token_ids(2, 9)
     mask = torch.tensor([[1] * 6 + [0] * 3, [0] * 2 + [1] * 7])
     real = mask.bool()
@@ -167,14 +114,14 @@ def test_padded_tokens_do_not_influence_real_tokens(variant):
 
 
 def test_mask_with_gaps_is_rejected():
-    model = build(LionModel, tiny_config())
+    model = build(LionModel, tiny_text_config())
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 0, 1, 1, 0], [0, 1, 1, 0, 0], [0, 1, 0, 1, 0]])
     with pytest.raises(ValueError, match=re.escape("attention_mask rows [1, 3] have gaps")):
         model(token_ids(4, 5), attention_mask=mask)
 
 
 def test_inputs_embeds_equal_input_ids():
-    model = build(LionModel, tiny_config())
+    model = build(LionModel, tiny_text_config())
     ids, mask = token_ids(2, 6), right_padded_mask([6, 3], 6)
     with torch.no_grad():
         embeds = model.get_input_embeddings()(ids)
@@ -188,21 +135,21 @@ def test_inputs_embeds_equal_input_ids():
 def test_sequence_classification_losses():
     ids, mask = token_ids(4, 6), right_padded_mask([6, 5, 3, 6], 6)
 
-    model = build(LionForSequenceClassification, tiny_config(num_labels=1))
+    model = build(LionForSequenceClassification, tiny_text_config(num_labels=1))
     labels = torch.randn(4)
     out = model(ids, attention_mask=mask, labels=labels)
     assert model.config.problem_type == "regression"
     assert_close(out.loss, ((out.logits[:, 0] - labels) ** 2).mean())
 
     for dtype in (torch.long, torch.int):
-        model = build(LionForSequenceClassification, tiny_config(num_labels=3))
+        model = build(LionForSequenceClassification, tiny_text_config(num_labels=3))
         labels = torch.tensor([0, 2, 1, 2], dtype=dtype)
         out = model(ids, attention_mask=mask, labels=labels)
         assert model.config.problem_type == "single_label_classification"
         log_probs = out.logits.log_softmax(-1)
         assert_close(out.loss, -log_probs[torch.arange(4), labels.long()].mean())
 
-    model = build(LionForSequenceClassification, tiny_config(num_labels=3))
+    model = build(LionForSequenceClassification, tiny_text_config(num_labels=3))
     labels = torch.tensor([[1, 0, 1], [0, 0, 0], [1, 1, 1], [0, 1, 0]], dtype=torch.float)
     out = model(ids, attention_mask=mask, labels=labels)
     assert model.config.problem_type == "multi_label_classification"
@@ -210,14 +157,14 @@ def test_sequence_classification_losses():
     assert_close(out.loss, -(labels * p.log() + (1 - labels) * (1 - p).log()).mean())
 
     # An explicit problem_type wins over the label dtype: regression on 3 outputs.
-    model = build(LionForSequenceClassification, tiny_config(num_labels=3, problem_type="regression"))
+    model = build(LionForSequenceClassification, tiny_text_config(num_labels=3, problem_type="regression"))
     labels = torch.randn(4, 3)
     out = model(ids, attention_mask=mask, labels=labels)
     assert_close(out.loss, ((out.logits - labels) ** 2).mean())
 
 
 def test_sequence_classification_pools_the_first_token():
-    model = build(LionForSequenceClassification, tiny_config(num_labels=2))
+    model = build(LionForSequenceClassification, tiny_text_config(num_labels=2))
     ids, mask = token_ids(2, 6), right_padded_mask([6, 4], 6)
     with torch.no_grad():
         hidden = model.lion(ids, attention_mask=mask).last_hidden_state
@@ -226,7 +173,7 @@ def test_sequence_classification_pools_the_first_token():
 
 
 def test_token_classification():
-    model = build(LionForTokenClassification, tiny_config(num_labels=5))
+    model = build(LionForTokenClassification, tiny_text_config(num_labels=5))
     ids, mask = token_ids(2, 7), right_padded_mask([7, 4], 7)
     labels = torch.randint(0, 5, (2, 7), generator=torch.Generator().manual_seed(3))
     labels[1, 4:] = -100
@@ -238,7 +185,7 @@ def test_token_classification():
 
 
 def test_question_answering():
-    model = build(LionForQuestionAnswering, tiny_config())
+    model = build(LionForQuestionAnswering, tiny_text_config())
     ids = token_ids(4, 8)
     start = torch.tensor([1, 8, 3, 100])  # 8 and 100 lie outside the 8 tokens: ignored
     end = torch.tensor([2, 5, 30, 7])
@@ -253,7 +200,7 @@ def test_question_answering():
 
 
 def test_multiple_choice():
-    model = build(LionForMultipleChoice, tiny_config())
+    model = build(LionForMultipleChoice, tiny_text_config())
     ids = token_ids(6, 5).view(2, 3, 5)
     mask = right_padded_mask([5, 4, 3, 5, 2, 5], 5).view(2, 3, 5)
     labels = torch.tensor([2, 0])
@@ -270,7 +217,7 @@ def test_multiple_choice():
 
 
 def test_masked_lm_loss_and_tied_decoder(tmp_path):
-    model = build(LionForMaskedLM, tiny_config())
+    model = build(LionForMaskedLM, tiny_text_config())
     embeddings = model.lion.embeddings.word_embeddings.weight
     assert model.cls.predictions.decoder.weight is embeddings
     assert model.cls.predictions.decoder.bias is model.cls.predictions.bias
@@ -294,7 +241,7 @@ def test_masked_lm_loss_and_tied_decoder(tmp_path):
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
-    config = tiny_config(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    config = tiny_text_config(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
     ids = token_ids(2, 8)
     mask = right_padded_mask([8, 5], 8)
     labels = torch.where(mask.bool(), ids, -100)
@@ -321,7 +268,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
 
 
 def test_hidden_states_and_tuples():
-    config = tiny_config(num_hidden_layers=3, num_labels=2)
+    config = tiny_text_config(num_hidden_layers=3, num_labels=2)
     ids, mask = token_ids(2, 6), right_padded_mask([6, 4], 6)
     model = build(LionModel, config)
     with torch.no_grad():
@@ -349,7 +296,7 @@ def test_hidden_states_and_tuples():
 
 
 def test_bfloat16_loading(tmp_path):
-    model = build(LionForMaskedLM, tiny_config())
+    model = build(LionForMaskedLM, tiny_text_config())
     model.save_pretrained(tmp_path)
     loaded = LionForMaskedLM.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
     assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
@@ -363,52 +310,63 @@ def test_bfloat16_loading(tmp_path):
             assert (logits.float() - reference).abs().max() < 0.1 * reference.abs().max()
 
 
-def test_attention_form_switches_at_run_time():
-    model = build(LionForSequenceClassification, tiny_config(num_labels=2))
-    ids, mask = token_ids(2, 10), right_padded_mask([10, 7], 10)
-    forms_seen = []
-    attention = model.lion.encoder.layer[0].attention.self
-    hook = attention.register_forward_hook(lambda *_: forms_seen.append(model.config.attention_form))
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_output_attentions_are_the_matrices_each_layer_applies(variant):
+    model = build(LionModel, tiny_text_config(variant, num_hidden_layers=2))
+    ids, mask = token_ids(2, 7), right_padded_mask([7, 5], 7)
+    contexts = []
+    attention = model.encoder.layer[1].attention.self
+    attention.register_forward_hook(lambda module, args, output: contexts.append((args[0], output[0])))
+    per_form = {}
+    for form in FORMS:
+        out = run_in_form(model, form, input_ids=ids, attention_mask=mask, output_attentions=True)
+        assert len(out.attentions) == 2 and out.attentions[0].shape == (2, 4, 7, 7)
+        per_form[form] = out.attentions
+    for form in ("chunk", "recurrent"):
+        for got, want in zip(per_form[form], per_form["parallel"]):
+            assert_close(got, want)
+    # The second layer's matrix from its own input, by the naive reference, and applied to its values.
+    layer_input, context = contexts[-1]
     with torch.no_grad():
-        reference = model(ids, attention_mask=mask).logits
-        model.set_attention_form("chunk", chunk_size=4)
-        assert (model.config.attention_form, model.config.chunk_size) == ("chunk", 4)
-        assert_close(model(ids, attention_mask=mask).logits, reference)
-        model.config.attention_form = "recurrent"
-        assert_close(model(ids, attention_mask=mask).logits, reference)
-    hook.remove()
-    assert forms_seen == ["parallel", "chunk", "recurrent"]
-    # The layers read the model's config, so editing it reaches them.
-    assert attention.config is model.config
-
-    with pytest.raises(ValueError, match=re.escape("Unknown attention form 'fast'; allowed: parallel, chunk, recurrent")):
-        model.set_attention_form("fast")
-    for bad in (0, -3, 2.5, True):
-        with pytest.raises(ValueError, match=re.escape(f"chunk_size must be a positive integer, got {bad!r}")):
-            model.set_attention_form("chunk", chunk_size=bad)
-    assert (model.config.attention_form, model.config.chunk_size) == ("recurrent", 4)
-    model.config.attention_form = "fast"
-    with pytest.raises(ValueError, match="Unknown attention form 'fast'"):
-        model(ids, attention_mask=mask)
+        q, k, v = (attention.split_heads(p(layer_input)) for p in (attention.query, attention.key, attention.value))
+        expected = naive_attention_weights(
+            q * attention.scale, k, attention.log_decays(layer_input, 0), key_padding_mask=mask.bool()
+        )
+        applied = (per_form["recurrent"][1] @ v).transpose(1, 2).reshape(2, 7, 32)
+        if attention.layer_norm is not None:
+            applied = attention.layer_norm(applied)
+    assert_close(per_form["recurrent"][1], expected)
+    assert_close(context, applied)
+    assert model(ids, attention_mask=mask).attentions is None
 
 
-def test_torch_compile_matches_eager():
-    model = build(LionForSequenceClassification, tiny_config("s", num_hidden_layers=1, num_labels=3))
-    ids = token_ids(2, 9)
-    mask = torch.tensor([[1] * 5 + [0] * 4, [0] * 3 + [1] * 6])
-    compiled = torch.compile(model, fullgraph=True, dynamic=False)
+def test_softmax_attention_implementations_are_refused_with_lions_own_switches(tmp_path):
+    config = tiny_text_config()
+    LionForMaskedLM(config).save_pretrained(tmp_path)
+    for implementation in ("sdpa", "flash_attention_2", "flex_attention"):
+        with pytest.raises(ValueError, match=rf"attn_implementation='{implementation}' does not apply to LION.*attention_form"):
+            LionForMaskedLM.from_pretrained(tmp_path, attn_implementation=implementation)
+    assert LionForMaskedLM.from_pretrained(tmp_path, attn_implementation="eager").config._attn_implementation == "eager"
+
+
+def test_masked_lm_loss_is_normalised_by_the_tokens_of_the_whole_batch():
+    """Trainer passes num_items_in_batch (labelled tokens over all accumulated micro-batches), as for BERT."""
+    model = build(LionForMaskedLM, tiny_text_config())
+    ids = token_ids(2, 6)
+    labels = torch.full_like(ids, -100)
+    labels[0, 1], labels[0, 3], labels[1, 4] = 5, 9, 11
     with torch.no_grad():
-        got = compiled(ids, attention_mask=mask, output_hidden_states=True)
-        expected = model(ids, attention_mask=mask, output_hidden_states=True)
-    assert_close(got.hidden_states[-1], expected.hidden_states[-1])
-    assert_close(got.logits, expected.logits)
+        out = model(ids, labels=labels, num_items_in_batch=torch.tensor(10))
+        log_probs = out.logits.log_softmax(-1)
+    picked = log_probs[0, 1, 5] + log_probs[0, 3, 9] + log_probs[1, 4, 11]
+    assert_close(out.loss, -picked / 10)
 
 
 # ------------------------------------------------------------------------------------------ bad input
 
 
 def test_bad_inputs():
-    model = build(LionForMaskedLM, tiny_config())
+    model = build(LionForMaskedLM, tiny_text_config())
     ids = token_ids(2, 6)
     with pytest.raises(ValueError, match="Specify exactly one of input_ids or inputs_embeds"):
         model()

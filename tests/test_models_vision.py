@@ -1,18 +1,13 @@
-"""Vision LION models against a float64 reference written here from DESIGN.md, plus heads, processor and Hub loading."""
+"""Vision LION models against a float64 reference forward (the naive operator), plus heads, processor and bad input."""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_without_lion_hf
+from helpers import FORMS, deit_eval_transform, randomized, some_images, tiny_vision_config
 from PIL import Image
-from transformers import AutoModelForImageClassification
-from transformers.models.auto.image_processing_auto import AutoImageProcessor  # 5.17 exports it only with torchvision
 
 from lion_hf import (
     LionConfig,
@@ -24,8 +19,7 @@ from lion_hf import (
     lion_image_processor,
     snake_orders,
 )
-
-FORMS = ("parallel", "chunk", "recurrent")
+from lion_hf.modeling.naive import naive_lion_attention
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-5) -> None:
@@ -46,24 +40,6 @@ def grid_snakes(rows: int, cols: int, prefix: int) -> tuple[list[int], list[int]
             col_walk.append(prefix + r * cols + c)
     head = list(range(prefix))
     return head + row_walk, head + col_walk
-
-
-def path_mask(decay: torch.Tensor, walk: list[int]) -> torch.Tensor:
-    """DESIGN.md section 3 along one path: ``M_ij`` is the product of the decays of the tokens the path visits from
-    ``j`` up to just before ``i`` (``i`` after ``j``), or from just after ``i`` up to ``j`` (``i`` before ``j``).
-
-    Filled one path step at a time: one step further from the diagonal multiplies in one more decay.
-    ``decay``: ``(B, H, N)`` in token order; returns ``(B, H, N, N)`` in token order.
-    """
-    a = decay[..., walk]
-    n = len(walk)
-    m = torch.eye(n, dtype=torch.float64).expand(*a.shape[:2], n, n).clone()
-    for s in range(1, n):
-        m[..., s, :s] = m[..., s - 1, :s] * a[..., s - 1, None]
-    for s in reversed(range(n - 1)):
-        m[..., s, s + 1 :] = m[..., s + 1, s + 1 :] * a[..., s + 1, None]
-    step = [walk.index(token) for token in range(n)]
-    return m[..., step, :][..., :, step]
 
 
 def feature_map(x: torch.Tensor, variant: str) -> torch.Tensor:
@@ -115,10 +91,10 @@ def reference_forward(model, pixel_values: torch.Tensor) -> dict[str, torch.Tens
             batch, n, 3, heads, head_dim
         ).permute(2, 0, 3, 1, 4)
         q, k = feature_map(q, config.variant) * head_dim**-0.5, feature_map(k, config.variant)
-        scores = q @ k.transpose(-1, -2)
+        log_decays = None
         if walks:
-            masks = []
-            for path, walk in enumerate(walks):
+            log_decays = []
+            for path in range(len(walks)):
                 if config.variant == "d":
                     decay = torch.sigmoid(w[p + "attention.decay_logits"][path]).view(1, heads, 1).expand(1, heads, n)
                 else:
@@ -126,9 +102,9 @@ def reference_forward(model, pixel_values: torch.Tensor) -> dict[str, torch.Tens
                     gate = gate[..., path * heads : (path + 1) * heads]
                     decay = (1 - torch.sigmoid(gate)).transpose(1, 2).clone()
                     decay[..., :prefix] = 1.0  # special tokens pass everything on
-                masks.append(path_mask(decay, walk))
-            scores = scores * (sum(masks) / len(masks))
-        out = (scores @ v) / (scores.sum(-1, keepdim=True) + 1e-6)
+                log_decays.append(decay.log())
+        orders = [torch.tensor(walk) for walk in walks] if walks else None
+        out = naive_lion_attention(q, k, v, log_decays, orders, normalize=True, eps=1e-6)
         out = out.transpose(1, 2).reshape(batch, n, d) @ w[p + "attention.proj.weight"].T + w[p + "attention.proj.bias"]
         h = h + out
         mlp = F.gelu(layer_norm(h, p + "layernorm_after") @ w[p + "mlp.fc1.weight"].T + w[p + "mlp.fc1.bias"])
@@ -137,32 +113,6 @@ def reference_forward(model, pixel_values: torch.Tensor) -> dict[str, torch.Tens
     h = layer_norm(h, backbone + "layernorm")
     pooled = h[:, 0] if config.pooling == "cls" else h.mean(dim=1)
     return {"last_hidden_state": h, "pooled": pooled}
-
-
-def tiny_config(**kwargs) -> LionConfig:
-    base = dict(
-        modality="vision",
-        image_size=16,
-        patch_size=4,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        chunk_size=5,
-    )
-    if "id2label" not in kwargs:
-        base["num_labels"] = 3
-    return LionConfig(**{**base, **kwargs})
-
-
-def randomized(model):
-    """Weights far from their init, so that decays, gates and position embeddings all matter."""
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            scale = 1.0 if any(part in name for part in ("decay", "token", "position")) else 0.3
-            offset = 1.0 if "layernorm" in name and name.endswith("weight") else 0.0
-            param.copy_(offset + scale * torch.randn(param.shape, generator=generator))
-    return model.eval()
 
 
 # -------------------------------------------------------------------------------------------- snake orders
@@ -190,7 +140,7 @@ def test_snake_orders_match_grid_walks(rows, cols, prefix):
 @pytest.mark.parametrize("order", ["raster", "snake"])
 @pytest.mark.parametrize("variant", ["lit", "d", "s"])
 def test_forms_match_float64_reference(variant, order, pooling):
-    model = randomized(LionModel(tiny_config(variant=variant, patch_order=order, pooling=pooling)))
+    model = randomized(LionModel(tiny_vision_config(variant=variant, patch_order=order, pooling=pooling)))
     generator = torch.Generator().manual_seed(1)
     # the trained 4x4 grid, and a 6x4 grid through interpolated position embeddings and rebuilt snakes
     for height, width in [(16, 16), (24, 16)]:
@@ -206,7 +156,7 @@ def test_forms_match_float64_reference(variant, order, pooling):
 
 def test_distillation_token_model_matches_reference():
     """With a distillation token both special tokens lead every path and pass decays on unchanged."""
-    config = tiny_config(variant="s", patch_order="snake", use_distillation_token=True, pooling="mean")
+    config = tiny_vision_config(variant="s", patch_order="snake", use_distillation_token=True, pooling="mean")
     model = randomized(LionForImageClassificationWithTeacher(config))
     pixels = torch.randn(2, 3, 20, 12, generator=torch.Generator().manual_seed(2))
     reference = reference_forward(model, pixels)
@@ -270,7 +220,7 @@ def test_image_classification_losses_follow_vit():
         "multi_label_classification": (3, torch.tensor([[1.0, 0, 1], [0, 0, 1], [1, 1, 0], [0, 1, 0]])),
     }
     for problem, (num_labels, labels) in cases.items():
-        model = LionForImageClassification(tiny_config(num_labels=num_labels)).eval()
+        model = LionForImageClassification(tiny_vision_config(num_labels=num_labels)).eval()
         out = model(pixel_values=pixels, labels=labels)
         assert model.config.problem_type == problem
         z = out.logits.detach().double()
@@ -290,7 +240,7 @@ def _log_softmax(z):
 
 @pytest.mark.parametrize("distillation_type", ["hard", "soft"])
 def test_distillation_loss_by_hand(distillation_type):
-    config = tiny_config(use_distillation_token=True, num_labels=5)
+    config = tiny_vision_config(use_distillation_token=True, num_labels=5)
     model = LionForImageClassificationWithTeacher(config).train()
     generator = torch.Generator().manual_seed(4)
     pixels = torch.randn(3, 3, 16, 16, generator=generator)
@@ -320,28 +270,6 @@ def test_distillation_loss_by_hand(distillation_type):
 # ------------------------------------------------------------------------------------ image processor + Hub
 
 
-def deit_eval_transform(image: Image.Image, size: int) -> np.ndarray:
-    """DeiT's evaluation transform with PIL: shorter side to int(size / 0.875) (bicubic), centre crop, ImageNet norm."""
-    image = image.convert("RGB")
-    width, height = image.size
-    short = int(size / 0.875)
-    if width <= height:
-        new_size = (short, int(short * height / width))
-    else:
-        new_size = (int(short * width / height), short)
-    image = image.resize(new_size, Image.BICUBIC)
-    left, top = (new_size[0] - size) // 2, (new_size[1] - size) // 2
-    pixels = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.float32) / 255.0
-    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-    return ((pixels - mean) / std).transpose(2, 0, 1).astype(np.float32)
-
-
-def some_images(data_dir: Path, count: int) -> list[Path]:
-    images = sorted((data_dir / "images" / "hymenoptera" / "val").glob("*/*.jpg"))
-    assert len(images) >= count, f"expected hymenoptera photos under {data_dir}"
-    return images[:: len(images) // count][:count]
-
-
 def test_image_processor_is_deit_eval_transform(data_dir):
     for size in (224, 64):
         processor = lion_image_processor(LionConfig.from_preset("lion_tiny_patch16_224", image_size=size))
@@ -351,111 +279,27 @@ def test_image_processor_is_deit_eval_transform(data_dir):
                 np.testing.assert_allclose(got, deit_eval_transform(image, size), atol=1e-5)
 
 
-def _save_pair(folder: Path):
-    labels = {0: "ants", 1: "bees"}
-    classifier_config = tiny_config(image_size=32, patch_size=8, variant="s", patch_order="snake", id2label=labels)
-    classifier = randomized(LionForImageClassification(classifier_config))
-    classifier.save_pretrained(folder / "classifier")
-    teacher_config = tiny_config(image_size=32, patch_size=8, variant="d", use_distillation_token=True, id2label=labels)
-    distilled = randomized(LionForImageClassificationWithTeacher(teacher_config))
-    distilled.save_pretrained(folder / "distilled")
-    return classifier, distilled
+def test_models_do_not_write_processors_the_folder_writers_do(tmp_path):
+    """As in transformers, save_pretrained saves a model; conversion, export and the training scripts add the
+    processor (see test_conversion and test_remote_code)."""
+    LionForImageClassification(tiny_vision_config()).save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    assert not (tmp_path / "preprocessor_config.json").exists()
 
 
-def test_saved_checkpoints_load_as_remote_code_and_classify_a_photo(tmp_path, data_dir):
-    classifier, distilled = _save_pair(tmp_path)
-    photo = some_images(data_dir, 1)[0]
-    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
-    torch.save(pixels, tmp_path / "pixels.pt")
-    stdout = run_without_lion_hf(
-        f"""
-        import json, torch
-        from PIL import Image
-        from transformers import AutoModel, AutoModelForImageClassification, pipeline
-        from transformers.models.auto.image_processing_auto import AutoImageProcessor
-        pixels = torch.load("pixels.pt")
-        result = {{}}
-        for name in ("classifier", "distilled"):
-            model = AutoModelForImageClassification.from_pretrained(name, trust_remote_code=True).eval()
-            backbone = AutoModel.from_pretrained(name, trust_remote_code=True).eval()
-            processor = AutoImageProcessor.from_pretrained(name)
-            with torch.no_grad():
-                photo = processor(Image.open({str(photo)!r}), return_tensors="pt")["pixel_values"]
-                result[name] = dict(
-                    model_class=type(model).__name__,
-                    backbone_class=type(backbone).__name__,
-                    processor_size=processor.crop_size["height"],
-                    logits=model(pixel_values=pixels).logits.tolist(),
-                    hidden=backbone(pixel_values=pixels).last_hidden_state.tolist(),
-                    photo=photo.tolist(),
-                    pipeline=pipeline("image-classification", model=name, trust_remote_code=True)({str(photo)!r}),
-                )
-        print(json.dumps(result))
-        """,
-        cwd=tmp_path,
-    )
-    result = json.loads(stdout.strip().splitlines()[-1])
-    for name, model, model_class in [
-        ("classifier", classifier, "LionForImageClassification"),
-        ("distilled", distilled, "LionForImageClassificationWithTeacher"),
-    ]:
-        got = result[name]
-        assert (got["model_class"], got["backbone_class"], got["processor_size"]) == (model_class, "LionModel", 32)
-        with torch.no_grad():
-            assert_close(torch.tensor(got["logits"]), model(pixel_values=pixels).logits)
-            assert_close(torch.tensor(got["hidden"]), model.lion(pixel_values=pixels).last_hidden_state)
-            with Image.open(photo) as image:
-                photo_pixels = torch.from_numpy(deit_eval_transform(image, 32))[None]
-            assert_close(torch.tensor(got["photo"]), photo_pixels)
-            probabilities = model(pixel_values=photo_pixels).logits.softmax(-1)[0]
-        expected = sorted(
-            ({"label": model.config.id2label[i], "score": p} for i, p in enumerate(probabilities.tolist())),
-            key=lambda item: -item["score"],
-        )
-        assert [item["label"] for item in got["pipeline"]] == [item["label"] for item in expected]
-        assert {item["label"] for item in expected} == {"ants", "bees"}
-        np.testing.assert_allclose([i["score"] for i in got["pipeline"]], [i["score"] for i in expected], atol=1e-5)
-
-
-def test_installed_auto_class_picks_the_distilled_head(tmp_path):
-    _, distilled = _save_pair(tmp_path)
-    for trust in (False, True):
-        loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "distilled", trust_remote_code=trust).eval()
-        assert type(loaded) is LionForImageClassificationWithTeacher
-        pixels = torch.randn(1, 3, 32, 32)
-        with torch.no_grad():
-            torch.testing.assert_close(loaded(pixel_values=pixels).logits, distilled(pixel_values=pixels).logits)
-
-
-def test_a_processor_saved_first_is_kept(tmp_path):
-    config = tiny_config()
-    own = lion_image_processor(config)
-    own.crop_size = {"height": 12, "width": 12}
-    own.save_pretrained(tmp_path)
-    before = (tmp_path / "preprocessor_config.json").read_text()
-    LionForImageClassification(config).save_pretrained(tmp_path)
-    assert (tmp_path / "preprocessor_config.json").read_text() == before
-    assert AutoImageProcessor.from_pretrained(tmp_path).crop_size["height"] == 12
-
-
-def test_models_without_a_standard_processor(tmp_path):
+def test_models_without_a_standard_processor():
     text = LionConfig(modality="text", hidden_size=16, num_hidden_layers=1, num_attention_heads=2, vocab_size=50)
     with pytest.raises(ValueError, match="modality='vision'"):
         lion_image_processor(text)
-    LionForSequenceClassification(text).save_pretrained(tmp_path / "text")
-    assert not (tmp_path / "text" / "preprocessor_config.json").exists()
-    gray = tiny_config(num_channels=1)
     with pytest.raises(ValueError, match="num_channels=1"):
-        lion_image_processor(gray)
-    LionForImageClassification(gray).save_pretrained(tmp_path / "gray")
-    assert not (tmp_path / "gray" / "preprocessor_config.json").exists()
+        lion_image_processor(tiny_vision_config(num_channels=1))
 
 
 # ---------------------------------------------------------------------------------------------- bad input
 
 
 def test_bad_input_is_rejected_clearly():
-    model = LionForImageClassification(tiny_config()).eval()
+    model = LionForImageClassification(tiny_vision_config()).eval()
     with pytest.raises(ValueError, match=r"num_channels=3.*\(2, 1, 16, 16\)"):
         model(pixel_values=torch.randn(2, 1, 16, 16))
     with pytest.raises(ValueError, match="24x16 does not match config.image_size=16.*interpolate_pos_encoding=True"):
@@ -463,7 +307,7 @@ def test_bad_input_is_rejected_clearly():
     with pytest.raises(ValueError, match="18x16 is not divisible by patch_size=4"):
         model(pixel_values=torch.randn(1, 3, 18, 16), interpolate_pos_encoding=True)
     with pytest.raises(ValueError, match=r"patch_size \(5\) must divide image_size \(16\)"):
-        tiny_config(patch_size=5)
+        tiny_vision_config(patch_size=5)
     with pytest.raises(ValueError, match="needs pixel_values"):
         model.lion(input_ids=torch.ones(1, 4, dtype=torch.long))
 
@@ -475,7 +319,7 @@ def test_modality_mismatches_are_rejected():
     with pytest.raises(ValueError, match="LionForImageClassificationWithTeacher needs config.modality='vision'"):
         LionForImageClassificationWithTeacher(text)
     with pytest.raises(ValueError, match="LionForSequenceClassification needs config.modality='text', got 'vision'"):
-        LionForSequenceClassification(tiny_config())
+        LionForSequenceClassification(tiny_vision_config())
     with pytest.raises(ValueError, match="pixel_values given to a text LionModel"):
         LionModel(text)(pixel_values=torch.randn(1, 3, 16, 16))
     with pytest.raises(ValueError, match="use_distillation_token=True applies to vision models only"):
@@ -484,8 +328,8 @@ def test_modality_mismatches_are_rejected():
 
 def test_distillation_misuse_is_rejected():
     with pytest.raises(ValueError, match="needs config.use_distillation_token=True"):
-        LionForImageClassificationWithTeacher(tiny_config())
-    model = LionForImageClassificationWithTeacher(tiny_config(use_distillation_token=True))
+        LionForImageClassificationWithTeacher(tiny_vision_config())
+    model = LionForImageClassificationWithTeacher(tiny_vision_config(use_distillation_token=True))
     pixels, labels = torch.randn(2, 3, 16, 16), torch.tensor([0, 1])
     with pytest.raises(ValueError, match="needs teacher_logits"):
         model(pixel_values=pixels, labels=labels)
