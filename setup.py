@@ -1,6 +1,8 @@
 from setuptools import setup
 
 BENCHMARK_PLOTS = ["matplotlib>=3.7"]
+# The training scripts' metric modules (examples/metrics) compute F1, Matthews and the correlations with these.
+EXAMPLE_METRICS = ["scikit-learn>=1.3", "scipy>=1.10"]
 
 setup(
     name="lion-hf",
@@ -28,7 +30,8 @@ setup(
     ],
     extras_require={
         "bench": BENCHMARK_PLOTS,
-        "dev": ["pytest>=8.0", *BENCHMARK_PLOTS],
+        "examples": [*EXAMPLE_METRICS, *BENCHMARK_PLOTS],
+        "dev": ["pytest>=8.0", *EXAMPLE_METRICS, *BENCHMARK_PLOTS],
     },
     entry_points={"console_scripts": ["lion-hf=lion_hf.cli:main"]},
 )

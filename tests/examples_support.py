@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 # The scripts import their siblings (`common`, `distillation`, ...) as `python examples/run_mlm.py` lets them.
 sys.path.insert(0, str(EXAMPLES))

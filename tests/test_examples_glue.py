@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_without_lion_hf
+from helpers import run_without_lion_hf
 from examples_support import CPU_RUN, read_json, text_data, tokenizer_dir, write_tsv  # noqa: F401 (fixtures)
 from transformers import AutoTokenizer
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_without_lion_hf
+from helpers import run_without_lion_hf
 from examples_support import CPU_RUN, IMAGE_CLASSES, TINY_VISION_SHAPE, image_data, read_json  # noqa: F401 (fixtures)
 from PIL import Image
 from transformers import TrainingArguments, ViTConfig, ViTForImageClassification

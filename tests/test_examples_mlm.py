@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import run_without_lion_hf
+from helpers import run_without_lion_hf
 from examples_support import CPU_RUN, TINY_TEXT_SHAPE, read_json, text_data, tokenizer_dir  # noqa: F401 (fixtures)
 from transformers import AutoTokenizer
 
