@@ -35,7 +35,8 @@ class ModelArguments:
     """Where the model comes from: a checkpoint to fine-tune, or a config to train from scratch."""
 
     model_name_or_path: str | None = field(
-        default=None, metadata={"help": "A checkpoint (folder or Hub id) to start from. Leave out to train from scratch."}
+        default=None,
+        metadata={"help": "A checkpoint (folder or Hub id) to start from. Leave out to train from scratch."},
     )
     model_type: str | None = field(
         default=None,
@@ -47,7 +48,9 @@ class ModelArguments:
     )
     preset: str | None = field(
         default=None,
-        metadata={"help": f"Train a LION model from scratch in the shape of an original one: {', '.join(lion_hf.PRESETS)}."},
+        metadata={
+            "help": f"Train a LION model from scratch in the shape of an original one: {', '.join(lion_hf.PRESETS)}."
+        },
     )
     config_overrides: str | None = field(
         default=None,
@@ -134,7 +137,9 @@ def parse_config_overrides(text: str | None, defaults: PretrainedConfig) -> dict
             raise InputError(f"--config_overrides entry {item!r} is not of the form key=value.")
         if not hasattr(defaults, key):
             fields = ", ".join(sorted(k for k in defaults.to_dict() if not k.startswith("_")))
-            raise InputError(f"--config_overrides: {type(defaults).__name__} has no field {key!r}; its fields: {fields}.")
+            raise InputError(
+                f"--config_overrides: {type(defaults).__name__} has no field {key!r}; its fields: {fields}."
+            )
         overrides[key] = _parse_value(key, value, getattr(defaults, key))
     return overrides
 
@@ -145,7 +150,9 @@ def build_config(args: ModelArguments, scratch_defaults: dict | None = None) -> 
     ``scratch_defaults`` (e.g. the tokenizer's vocabulary size, or ``modality="vision"`` for a LION image model)
     apply only to a model trained from scratch, and ``--config_overrides`` win over them.
     """
-    sources = [f"--{name}" for name in ("model_name_or_path", "config_name", "model_type", "preset") if getattr(args, name)]
+    sources = [
+        f"--{name}" for name in ("model_name_or_path", "config_name", "model_type", "preset") if getattr(args, name)
+    ]
     if args.preset and args.model_type == lion_hf.LionConfig.model_type:
         sources.remove("--model_type")  # a preset is a LION model; saying so is allowed
     if len(sources) != 1:
@@ -178,7 +185,8 @@ def build_config(args: ModelArguments, scratch_defaults: dict | None = None) -> 
 
 
 def has_trained_head(args: ModelArguments, config: PretrainedConfig, head_suffix: str) -> bool:
-    """Whether the model starts from a checkpoint saved by a task head (``head_suffix``, e.g. ``ForSequenceClassification``)."""
+    """Whether the model starts from a checkpoint saved by a task head (``head_suffix``: ``ForSequenceClassification``,
+    ...)."""
     return bool(args.model_name_or_path) and any(name.endswith(head_suffix) for name in config.architectures or ())
 
 
@@ -315,4 +323,6 @@ def save_final_model(trainer, results: dict[str, dict], trained: bool) -> None:
         trainer.save_state()
     for split, metrics in results.items():
         trainer.save_metrics(split, metrics, combined=False)
-    trainer.save_metrics("all", {key: value for metrics in results.values() for key, value in metrics.items()}, combined=False)
+    trainer.save_metrics(
+        "all", {key: value for metrics in results.values() for key, value in metrics.items()}, combined=False
+    )

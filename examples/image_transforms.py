@@ -30,7 +30,9 @@ def random_resized_crop(image: Image.Image, size: int, min_scale: float, rng=ran
             left, top = rng.randint(0, width - crop_width), rng.randint(0, height - crop_height)
             return image.resize((size, size), Image.BICUBIC, box=(left, top, left + crop_width, top + crop_height))
     ratio = min(max(width / height, ASPECT_RATIOS[0]), ASPECT_RATIOS[1])
-    crop_width, crop_height = (width, round(width / ratio)) if width / height < ratio else (round(height * ratio), height)
+    crop_width, crop_height = (
+        (width, round(width / ratio)) if width / height < ratio else (round(height * ratio), height)
+    )
     left, top = (width - crop_width) // 2, (height - crop_height) // 2
     return image.resize((size, size), Image.BICUBIC, box=(left, top, left + crop_width, top + crop_height))
 

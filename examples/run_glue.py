@@ -122,7 +122,9 @@ def load_raw(data_args: GlueDataArguments, model_args: GlueModelArguments) -> da
     if name is None and data_args.task_name is not None:
         name, config_name = GLUE_DATASET, data_args.task_name
     if name is None:
-        raise InputError("Give the data with --task_name, --dataset_name or --train_file / --validation_file / --test_file.")
+        raise InputError(
+            "Give the data with --task_name, --dataset_name or --train_file / --validation_file / --test_file."
+        )
     raw = datasets.load_dataset(
         name, config_name, cache_dir=model_args.cache_dir, trust_remote_code=model_args.trust_remote_code
     )
@@ -137,14 +139,18 @@ def text_columns(data_args: GlueDataArguments, dataset: datasets.Dataset) -> lis
     if data_args.text_column_names:
         names = [name.strip() for name in data_args.text_column_names.split(",")]
         if not 1 <= len(names) <= 2:
-            raise InputError(f"--text_column_names takes one or two columns, got {len(names)}: {data_args.text_column_names}.")
+            raise InputError(
+                f"--text_column_names takes one or two columns, got {len(names)}: {data_args.text_column_names}."
+            )
         return names
     if data_args.task_name:
         return list(TASK_TEXT_COLUMNS[data_args.task_name])
     for names in (["sentence1", "sentence2"], ["sentence"], ["text"]):
         if all(name in dataset.column_names for name in names):
             return names
-    raise InputError(f"Which columns hold the text? Pass --text_column_names; the columns are: {', '.join(dataset.column_names)}.")
+    raise InputError(
+        f"Which columns hold the text? Pass --text_column_names; the columns are: {', '.join(dataset.column_names)}."
+    )
 
 
 def labelled(dataset: datasets.Dataset, label_column: str) -> bool:
@@ -175,7 +181,11 @@ def label_ids(dataset: datasets.Dataset, label_column: str, label2id: dict[str, 
 def prepare_labels(config, raw, data_args, model_args, training_args, regression: bool) -> None:
     """Put the data's labels into ``config`` (``id2label``), checked against the checkpoint's classifier."""
     if regression:
-        if has_trained_head(model_args, config, HEAD) and config.num_labels != 1 and not model_args.ignore_mismatched_sizes:
+        if (
+            has_trained_head(model_args, config, HEAD)
+            and config.num_labels != 1
+            and not model_args.ignore_mismatched_sizes
+        ):
             raise InputError(
                 f"Regression needs one output but the checkpoint's classifier has {config.num_labels} labels; pass "
                 "--ignore_mismatched_sizes to train a new one."
@@ -228,8 +238,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     prepare_labels(config, raw, data_args, model_args, training_args, regression)
     max_length = check_max_seq_length(data_args.max_seq_length, config, DEFAULT_MAX_SEQ_LENGTH)
 
-    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_predict_samples}
+    limits = {
+        "train": data_args.max_train_samples,
+        "validation": data_args.max_eval_samples,
+        "test": data_args.max_predict_samples,
+    }
     label_column = data_args.label_column_name
+
     def tokenize(batch):
         texts = [batch[name] for name in columns]
         lengths = [len(ids) for ids in tokenizer(*texts, return_attention_mask=False)["input_ids"]]
@@ -303,7 +318,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         if "labels" in test_set.column_names:
             results["test"] = {**output.metrics, "test_samples": len(test_set)}
         if trainer.is_world_process_zero():
-            write_predictions(Path(training_args.output_dir) / PREDICTIONS_FILE, output.predictions, model.config, regression)
+            write_predictions(
+                Path(training_args.output_dir) / PREDICTIONS_FILE, output.predictions, model.config, regression
+            )
     save_final_model(trainer, results, trained=training_args.do_train)
     return results
 

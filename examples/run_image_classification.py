@@ -2,8 +2,8 @@
 
 From scratch on folders of images (one sub-folder per class), e.g. CIFAR-size images with 4-pixel patches:
 
-    python examples/run_image_classification.py --model_type lion \\
-        --config_overrides variant=d,patch_order=snake,image_size=32,patch_size=4,hidden_size=192,num_hidden_layers=6,num_attention_heads=3 \\
+    python examples/run_image_classification.py --model_type lion --config_overrides \\
+        variant=d,patch_order=snake,image_size=32,patch_size=4,hidden_size=192,num_attention_heads=3 \\
         --train_dir ../shared/data/images/cifar10-mini/train --train_val_split 0.1 \\
         --do_train --do_eval --output_dir out/lion-d-snake-cifar
 
@@ -74,7 +74,8 @@ class ImageDataArguments:
     train_dir: str | None = field(default=None, metadata={"help": "Training images, one sub-folder per class."})
     validation_dir: str | None = field(default=None, metadata={"help": "Evaluation images, the same layout."})
     train_val_split: float = field(
-        default=0.15, metadata={"help": "Share of the training images held out (per class) when there is no validation data."}
+        default=0.15,
+        metadata={"help": "Share of the training images held out (per class) when there is no validation data."},
     )
     image_column_name: str = field(default="image", metadata={"help": "The column holding the images."})
     label_column_name: str = field(default="label", metadata={"help": "The column holding the labels."})
@@ -105,10 +106,14 @@ def image_files(folder: str, flag: str) -> list[str]:
     extensions = {extension.lower() for extension in ImageFolder.EXTENSIONS}
     files = sorted(path for path in root.rglob("*") if path.is_file() and path.suffix.lower() in extensions)
     if not files:
-        raise InputError(f"--{flag} {folder} holds no images (files ending in .png, .jpg, .jpeg, ... of `datasets`' imagefolder).")
+        raise InputError(
+            f"--{flag} {folder} holds no images (files ending in .png, .jpg, .jpeg, ... of `datasets`' imagefolder)."
+        )
     loose = [path.name for path in files if path.parent == root]
     if loose:
-        raise InputError(f"--{flag} {folder}: images belong in one sub-folder per class, but {loose[0]} lies in the folder itself.")
+        raise InputError(
+            f"--{flag} {folder}: images belong in one sub-folder per class, but {loose[0]} lies in the folder itself."
+        )
     return [str(path) for path in files]
 
 
@@ -158,14 +163,20 @@ def check_images(dataset: datasets.Dataset, column: str, split: str) -> None:
 def image_processor(model_args: ImageModelArguments, image_size: int):
     source = model_args.image_processor_name
     if source is None and model_args.model_name_or_path:
-        if (Path(model_args.model_name_or_path) / PROCESSOR_FILE).is_file() or not Path(model_args.model_name_or_path).exists():
+        if (Path(model_args.model_name_or_path) / PROCESSOR_FILE).is_file() or not Path(
+            model_args.model_name_or_path
+        ).exists():
             source = model_args.model_name_or_path
         else:
-            logger.warning(f"{model_args.model_name_or_path} has no {PROCESSOR_FILE}: using DeiT's evaluation transform.")
+            logger.warning(
+                f"{model_args.model_name_or_path} has no {PROCESSOR_FILE}: using DeiT's evaluation transform."
+            )
     if source is not None:
         return AutoImageProcessor.from_pretrained(source, cache_dir=model_args.cache_dir)
     # The same pixels for every architecture, so LION and ViT trained by this script see identical inputs.
-    return lion_hf.lion_image_processor(lion_hf.LionConfig(modality="vision", image_size=image_size, patch_size=image_size))
+    return lion_hf.lion_image_processor(
+        lion_hf.LionConfig(modality="vision", image_size=image_size, patch_size=image_size)
+    )
 
 
 def load_teacher(distill_args: DistillationArguments, model_args: ImageModelArguments, student_config):
@@ -215,7 +226,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     set_seed(training_args.seed)
 
     raw = load_raw(data_args, model_args, training_args)
-    wanted = [split for split, flag in (("train", "do_train"), ("validation", "do_eval")) if getattr(training_args, flag)]
+    wanted = [
+        split for split, flag in (("train", "do_train"), ("validation", "do_eval")) if getattr(training_args, flag)
+    ]
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
     splits = {}
     for split in wanted:
@@ -230,7 +243,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         raise InputError(f"The label column {data_args.label_column_name!r} holds no class labels ({label_feature}).")
 
     new_lion = model_args.model_type == lion_hf.LionConfig.model_type or model_args.preset is not None
-    scratch = {"modality": "vision", "use_distillation_token": distill_args.teacher_model is not None} if new_lion else {}
+    scratch = (
+        {"modality": "vision", "use_distillation_token": distill_args.teacher_model is not None} if new_lion else {}
+    )
     config = build_config(model_args, scratch)
     trained_head = has_trained_head(model_args, config, HEAD)
     set_labels(config, list(label_feature.names), trained_head, model_args.ignore_mismatched_sizes)

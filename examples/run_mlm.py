@@ -97,7 +97,11 @@ def load_raw_text(data_args: MLMDataArguments, model_args: MLMModelArguments, tr
             trust_remote_code=model_args.trust_remote_code,
         )
     else:
-        files = {split: path for split, path in (("train", data_args.train_file), ("validation", data_args.validation_file)) if path}
+        files = {
+            split: path
+            for split, path in (("train", data_args.train_file), ("validation", data_args.validation_file))
+            if path
+        }
         if not files:
             raise InputError("Give the text with --train_file / --validation_file or --dataset_name.")
         raw = load_text_files(files, data_args.column_names, model_args.cache_dir)
@@ -112,9 +116,8 @@ def text_column(dataset: datasets.Dataset, name: str | None) -> str:
         if "text" in dataset.column_names:
             return "text"
         if len(dataset.column_names) != 1:
-            raise InputError(
-                f"Which column holds the text? Pass --text_column_name; the columns are: {', '.join(dataset.column_names)}."
-            )
+            columns = ", ".join(dataset.column_names)
+            raise InputError(f"Which column holds the text? Pass --text_column_name; the columns are: {columns}.")
         return dataset.column_names[0]
     require_columns(dataset, [name], "--text_column_name", "the data")
     return name
@@ -150,7 +153,9 @@ def tokenized_examples(raw: datasets.Dataset, tokenizer, data_args: MLMDataArgum
         blocks = {}
         for key in ("input_ids", "special_tokens_mask"):
             stream = [value for values in batch[key] for value in values]
-            blocks[key] = [stream[start : start + max_length] for start in range(0, len(stream) - max_length + 1, max_length)]
+            blocks[key] = [
+                stream[start : start + max_length] for start in range(0, len(stream) - max_length + 1, max_length)
+            ]
         return blocks
 
     if data_args.line_by_line:
@@ -161,7 +166,9 @@ def tokenized_examples(raw: datasets.Dataset, tokenizer, data_args: MLMDataArgum
         )
         return examples.remove_columns("was_cut")
     tokens = raw.map(tokenize, desc="Tokenizing", **map_options)
-    examples = tokens.map(group_blocks, desc="Grouping into blocks", **{**map_options, "remove_columns": tokens.column_names})
+    examples = tokens.map(
+        group_blocks, desc="Grouping into blocks", **{**map_options, "remove_columns": tokens.column_names}
+    )
     total = sum(tokens["num_tokens"])
     logger.info(
         f"{len(examples)} blocks of {max_length} tokens from {total} tokens "
@@ -204,7 +211,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         tokenizer_source, cache_dir=model_args.cache_dir, trust_remote_code=model_args.trust_remote_code
     )
     if tokenizer.mask_token is None:
-        raise InputError(f"The tokenizer of {tokenizer_source} has no mask token, which masked-language modelling needs.")
+        raise InputError(
+            f"The tokenizer of {tokenizer_source} has no mask token, which masked-language modelling needs."
+        )
     config = build_config(model_args, {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id})
     if config.vocab_size < len(tokenizer):
         raise InputError(

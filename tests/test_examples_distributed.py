@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 from accelerate import FullyShardedDataParallelPlugin
-from examples_support import CPU_RUN, EXAMPLES, TINY_TEXT_SHAPE, read_json, text_data, tokenizer_dir  # noqa: F401
+from examples_support import CPU_RUN, EXAMPLES, TINY_TEXT_SHAPE, read_json
 from safetensors.torch import load_file
 
 import run_mlm
@@ -44,10 +44,13 @@ def losses(output_dir):
 def test_two_processes_train_as_one_process_with_the_same_global_batch(tmp_path, text_data, tokenizer_dir):
     two = tmp_path / "two_processes"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(EXAMPLES / "accelerate" / "cpu_2proc.yaml"),
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(EXAMPLES / "accelerate" / "cpu_2proc.yaml"),
         str(EXAMPLES / "run_mlm.py"), *mlm_flags(two, text_data, tokenizer_dir, per_device_batch=4),
     ]  # fmt: skip
-    result = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     one = tmp_path / "one_process"
     run_mlm.main(mlm_flags(one, text_data, tokenizer_dir, per_device_batch=8))
@@ -75,7 +78,9 @@ def test_fsdp_configs_auto_wrap_the_lion_layers(name, layer):
     shape = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2)
     models = {
         "LionTextLayer": LionForMaskedLM(LionConfig(vocab_size=50, **shape)),
-        "LionVisionLayer": LionForImageClassification(LionConfig(modality="vision", image_size=16, patch_size=8, **shape)),
+        "LionVisionLayer": LionForImageClassification(
+            LionConfig(modality="vision", image_size=16, patch_size=8, **shape)
+        ),
     }
     for model_layer, model in models.items():
         plugin = FullyShardedDataParallelPlugin(

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from helpers import run_without_lion_hf
-from examples_support import CPU_RUN, read_json, text_data, tokenizer_dir, write_tsv  # noqa: F401 (fixtures)
+from examples_support import CPU_RUN, read_json, write_tsv
 from transformers import AutoTokenizer
 
 import run_glue
@@ -116,21 +116,26 @@ def bad_labels_file(tmp_path, text_data):
 
 BAD_INPUTS = {
     "labels of another classifier": (
-        "classifier", ["--train_file", "{agnews}", "--column_names", "text,label"],
+        "classifier",
+        ["--train_file", "{agnews}", "--column_names", "text,label"],
         r"classifier has 2 labels \(0, 1\) but the data has 4 \(Business, Sci/Tech, Sports, World\); pass "
         r"--ignore_mismatched_sizes",
     ),
     "an unknown label": (
-        "backbone", ["--train_file", "{sst2}", "--validation_file", "{bad_labels}", "--do_eval"],
+        "backbone",
+        ["--train_file", "{sst2}", "--validation_file", "{bad_labels}", "--do_eval"],
         r"The validation data has labels the model does not know: 2; the model's labels: 0, 1\.",
     ),
     "a missing column": (
-        "backbone", ["--train_file", "{sst2}", "--text_column_names", "review"],
+        "backbone",
+        ["--train_file", "{sst2}", "--text_column_names", "review"],
         r"--text_column_names: no column 'review' in the train data; its columns: sentence, label\.",
     ),
     "an unknown task": ("backbone", ["--task_name", "sst3"], r"Unknown --task_name 'sst3'; allowed: cola, sst2"),
     "too long for the position table": (
-        "backbone", ["--train_file", "{sst2}", "--max_seq_length", "100"], r"--max_seq_length 100 is longer .*=64\)",
+        "backbone",
+        ["--train_file", "{sst2}", "--max_seq_length", "100"],
+        r"--max_seq_length 100 is longer .*=64\)",
     ),
     "a missing file": ("backbone", ["--train_file", "{tmp}/train.tsv"], r"--train_file .*train\.tsv does not exist"),
 }

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import run_without_lion_hf
-from examples_support import CPU_RUN, IMAGE_CLASSES, TINY_VISION_SHAPE, image_data, read_json  # noqa: F401 (fixtures)
+from examples_support import CPU_RUN, IMAGE_CLASSES, TINY_VISION_SHAPE, read_json
 from PIL import Image
 from transformers import TrainingArguments, ViTConfig, ViTForImageClassification
 from transformers.models.auto.image_processing_auto import AutoImageProcessor
@@ -207,7 +207,10 @@ def teacher_of_other_labels(tmp_path):
 
 LION = f"variant=d,{TINY_VISION_SHAPE}"
 BAD_INPUTS = {
-    "a missing folder": (lambda tmp, data: ["--train_dir", str(tmp / "nowhere")], r"--train_dir .*nowhere is not a folder"),
+    "a missing folder": (
+        lambda tmp, data: ["--train_dir", str(tmp / "nowhere")],
+        r"--train_dir .*nowhere is not a folder",
+    ),
     "a folder without images": (lambda tmp, data: ["--train_dir", str(without_images(tmp))], r"empty holds no images"),
     "an unreadable image": (
         lambda tmp, data: ["--train_dir", str(with_truncated_image(tmp, data))],
@@ -242,6 +245,8 @@ def test_bad_input_is_refused_before_anything_is_written(case, tmp_path, image_d
     output_dir = tmp_path / "run"
     with pytest.raises(InputError, match=message):
         run_image_classification.main(
-            image_flags(output_dir, image_data, "lion", LION, "--do_train", "--max_steps", "1", *extra(tmp_path, image_data))
+            image_flags(
+                output_dir, image_data, "lion", LION, "--do_train", "--max_steps", "1", *extra(tmp_path, image_data)
+            )
         )
     assert not output_dir.exists()

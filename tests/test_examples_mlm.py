@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 from helpers import run_without_lion_hf
-from examples_support import CPU_RUN, TINY_TEXT_SHAPE, read_json, text_data, tokenizer_dir  # noqa: F401 (fixtures)
+from examples_support import CPU_RUN, TINY_TEXT_SHAPE, read_json
 from transformers import AutoTokenizer
 
 import run_mlm
@@ -33,8 +33,8 @@ def test_trains_evaluates_and_saves_a_folder_that_loads_without_lion_hf(tmp_path
     output_dir = tmp_path / "run"
     results = run_mlm.main(
         mlm_flags(output_dir, text_data, tokenizer_dir, "s", "--do_train", "--do_eval", "--max_steps", "3",
-                  "--learning_rate", "1e-3", "--validation_split_percentage", "10", "--per_device_eval_batch_size", "64",
-                  *FULL_MASKING)
+                  "--learning_rate", "1e-3", "--validation_split_percentage", "10",
+                  "--per_device_eval_batch_size", "64", *FULL_MASKING)
     )  # fmt: skip
     saved = read_json(output_dir / "all_results.json")
     assert saved == {**results["train"], **results["eval"]}
@@ -50,12 +50,16 @@ def test_trains_evaluates_and_saves_a_folder_that_loads_without_lion_hf(tmp_path
     eval_blocks = held_out_blocks(text_data, tokenizer, share=0.10, length=32)
     assert saved["eval_samples"] == len(eval_blocks)
     ids = torch.tensor(eval_blocks)
-    special = torch.tensor([tokenizer.get_special_tokens_mask(b, already_has_special_tokens=True) for b in eval_blocks]).bool()
+    special = torch.tensor(
+        [tokenizer.get_special_tokens_mask(b, already_has_special_tokens=True) for b in eval_blocks]
+    ).bool()
     with torch.no_grad():
         logits = model(input_ids=ids.masked_fill(~special, tokenizer.mask_token_id)).logits
     targets = ids[~special]
     assert saved["eval_accuracy"] == pytest.approx((logits[~special].argmax(-1) == targets).double().mean().item())
-    assert saved["eval_loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits[~special], targets).item(), rel=1e-4)
+    assert saved["eval_loss"] == pytest.approx(
+        torch.nn.functional.cross_entropy(logits[~special], targets).item(), rel=1e-4
+    )
 
     encoded = tokenizer(SENTENCE, return_tensors="pt")
     with torch.no_grad():
@@ -89,7 +93,9 @@ def held_out_blocks(text_data, tokenizer, share: float, length: int) -> list[lis
 
 def test_resumes_from_the_checkpoint_in_its_output_dir(tmp_path, text_data, tokenizer_dir):
     output_dir = tmp_path / "run"
-    flags = mlm_flags(output_dir, text_data, tokenizer_dir, "d", "--do_train", "--save_steps", "2", "--logging_steps", "1")
+    flags = mlm_flags(
+        output_dir, text_data, tokenizer_dir, "d", "--do_train", "--save_steps", "2", "--logging_steps", "1"
+    )
     run_mlm.main([*flags, "--max_steps", "2"])
     first = read_json(output_dir / "trainer_state.json")["log_history"]
     run_mlm.main([*flags, "--max_steps", "4"])
@@ -127,7 +133,10 @@ BAD_INPUTS = {
     ),
     "sequence longer than the position table": (["--max_seq_length", "65"], r"--max_seq_length 65 is longer .*=64"),
     "unknown config field": (["--config_overrides", "hiden_size=16"], r"LionConfig has no field 'hiden_size'"),
-    "config value of the wrong type": (["--config_overrides", "num_hidden_layers=two"], r"num_hidden_layers takes a int"),
+    "config value of the wrong type": (
+        ["--config_overrides", "num_hidden_layers=two"],
+        r"num_hidden_layers takes a int",
+    ),
     "two model sources": (["--config_name", "{tmp}"], r"exactly one of .* \(got --config_name, --model_type\)"),
 }
 
@@ -147,7 +156,9 @@ def test_an_output_dir_holding_another_run_is_refused(tmp_path, text_data, token
     output_dir = tmp_path / "run"
     output_dir.mkdir()
     (output_dir / "config.json").write_text("{}")
-    with pytest.raises(InputError, match=r"already holds another run \(config\.json, \.\.\.\); pass --overwrite_output_dir"):
+    with pytest.raises(
+        InputError, match=r"already holds another run \(config\.json, \.\.\.\); pass --overwrite_output_dir"
+    ):
         run_mlm.main([*mlm_flags(output_dir, text_data, tokenizer_dir), "--do_train", "--max_steps", "1"])
     assert [path.name for path in output_dir.iterdir()] == ["config.json"]
     assert (output_dir / "config.json").read_text() == "{}"

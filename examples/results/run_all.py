@@ -48,45 +48,49 @@ IMAGE_MODELS = {
 }
 DISTILLED_STUDENT = "LION-D snake"
 
-# Shapes and budgets: the real run on a GPU, and the smoke run on a CPU.
+# Shapes and budgets: the real run on a GPU, and the smoke run on a CPU (flag strings split on spaces).
 SETTINGS = {
     "full": {
-        "text_shape": "hidden_size=256,num_hidden_layers=4,num_attention_heads=4,intermediate_size=1024,max_position_embeddings=128",
-        "mlm": ["--max_seq_length", "128", "--max_steps", "600", "--per_device_train_batch_size", "64",
-                "--learning_rate", "5e-4", "--warmup_steps", "60", "--weight_decay", "0.01", "--logging_steps", "25"],
-        "glue": ["--max_seq_length", "64", "--max_steps", "400", "--per_device_train_batch_size", "64",
-                 "--learning_rate", "1e-4", "--warmup_steps", "40", "--logging_steps", "25"],
-        "image_shape": "image_size=32,patch_size=4,hidden_size=192,num_hidden_layers=6,num_attention_heads=3,intermediate_size=768",
-        "image": ["--max_steps", "600", "--per_device_train_batch_size", "128", "--learning_rate", "1e-3",
-                  "--weight_decay", "0.05", "--warmup_steps", "60", "--lr_scheduler_type", "cosine",
-                  "--min_crop_scale", "0.35", "--logging_steps", "25", "--dataloader_num_workers", "6"],
-        "device": ["--bf16", "--per_device_eval_batch_size", "256"],
+        "text_shape": "hidden_size=256,num_hidden_layers=4,num_attention_heads=4,intermediate_size=1024,"
+        "max_position_embeddings=128",
+        "mlm": "--max_seq_length 128 --max_steps 600 --per_device_train_batch_size 64 --learning_rate 5e-4 "
+        "--warmup_steps 60 --weight_decay 0.01 --logging_steps 25".split(),
+        "glue": "--max_seq_length 64 --max_steps 400 --per_device_train_batch_size 64 --learning_rate 1e-4 "
+        "--warmup_steps 40 --logging_steps 25".split(),
+        "image_shape": "image_size=32,patch_size=4,hidden_size=192,num_hidden_layers=6,num_attention_heads=3,"
+        "intermediate_size=768",
+        "image": "--max_steps 600 --per_device_train_batch_size 128 --learning_rate 1e-3 --weight_decay 0.05 "
+        "--warmup_steps 60 --lr_scheduler_type cosine --min_crop_scale 0.35 --logging_steps 25 "
+        "--dataloader_num_workers 6".split(),
+        "device": "--bf16 --per_device_eval_batch_size 256".split(),
         "scaleout_steps": ("5", "40"),
-        "scaleout_mlm": ["--preset", "bert-base", "--config_overrides", "variant=s", "--max_seq_length", "512",
-                         "--per_device_train_batch_size", "32"],
-        "scaleout_image": ["--preset", "lion_small_patch16_224", "--config_overrides", "variant=d,patch_order=snake",
-                           "--per_device_train_batch_size", "64", "--dataloader_num_workers", "12"],
+        "scaleout_mlm": "--preset bert-base --config_overrides variant=s --max_seq_length 512 "
+        "--per_device_train_batch_size 32".split(),
+        "scaleout_image": "--preset lion_small_patch16_224 --config_overrides variant=d,patch_order=snake "
+        "--per_device_train_batch_size 64 --dataloader_num_workers 12".split(),
     },
     "smoke": {
-        "text_shape": "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64,max_position_embeddings=64",
-        "mlm": ["--max_seq_length", "32", "--max_steps", "3", "--per_device_train_batch_size", "8",
-                "--max_train_samples", "64", "--max_eval_samples", "32", "--logging_steps", "1"],
-        "glue": ["--max_seq_length", "32", "--max_steps", "3", "--per_device_train_batch_size", "8",
-                 "--max_train_samples", "64", "--max_eval_samples", "64", "--logging_steps", "1"],
-        "image_shape": "image_size=32,patch_size=8,hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64",
-        "image": ["--max_steps", "3", "--per_device_train_batch_size", "8", "--max_train_samples", "64",
-                  "--max_eval_samples", "32", "--logging_steps", "1"],
+        "text_shape": "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64,"
+        "max_position_embeddings=64",
+        "mlm": "--max_seq_length 32 --max_steps 3 --per_device_train_batch_size 8 --max_train_samples 64 "
+        "--max_eval_samples 32 --logging_steps 1".split(),
+        "glue": "--max_seq_length 32 --max_steps 3 --per_device_train_batch_size 8 --max_train_samples 64 "
+        "--max_eval_samples 64 --logging_steps 1".split(),
+        "image_shape": "image_size=32,patch_size=8,hidden_size=32,num_hidden_layers=2,num_attention_heads=2,"
+        "intermediate_size=64",
+        "image": "--max_steps 3 --per_device_train_batch_size 8 --max_train_samples 64 --max_eval_samples 32 "
+        "--logging_steps 1".split(),
         "device": ["--use_cpu"],
         "scaleout_steps": ("1", "2"),
-        "scaleout_mlm": ["--preset", "bert-base", "--config_overrides", "variant=s,num_hidden_layers=1",
-                         "--max_seq_length", "512", "--per_device_train_batch_size", "2", "--max_train_samples", "8"],
-        "scaleout_image": ["--preset", "lion_small_patch16_224",
-                           "--config_overrides", "variant=d,patch_order=snake,num_hidden_layers=1",
-                           "--per_device_train_batch_size", "4", "--max_train_samples", "16"],
+        "scaleout_mlm": "--preset bert-base --config_overrides variant=s,num_hidden_layers=1 --max_seq_length 512 "
+        "--per_device_train_batch_size 2 --max_train_samples 8".split(),
+        "scaleout_image": "--preset lion_small_patch16_224 --config_overrides variant=d,patch_order=snake,"
+        "num_hidden_layers=1 --per_device_train_batch_size 4 --max_train_samples 16".split(),
     },
 }
 NOT_RUN = "not run (time budget)"
-COMMON = ["--report_to", "none", "--save_strategy", "no", "--seed", "0", "--overwrite_output_dir", "--disable_tqdm", "true"]
+SCALEOUT_METRICS = ("train_samples_per_second", "train_steps_per_second", "train_loss")
+COMMON = "--report_to none --save_strategy no --seed 0 --overwrite_output_dir --disable_tqdm true".split()
 
 
 # --------------------------------------------------------------------------------------------- the plan
@@ -137,14 +141,17 @@ def plan(settings: dict, data: Path, work: Path, corpus: Path) -> list[dict]:
     for name, (model_type, variant) in IMAGE_MODELS.items():
         runs.append({
             "name": name, "group": "cifar10", "script": "run_image_classification.py",
-            "argv": image_argv(model_type, variant + settings["image_shape"], cifar, work / "cifar10" / slug(name), settings),
+            "argv": image_argv(model_type, variant + settings["image_shape"], cifar, work / "cifar10" / slug(name),
+                               settings),
         })  # fmt: skip
     teacher = work / "cifar10" / slug("ViT (SDPA)")
     student_type, student_variant = IMAGE_MODELS[DISTILLED_STUDENT]
     runs.append({
-        "name": f"{DISTILLED_STUDENT} distilled from ViT", "group": "distillation", "script": "run_image_classification.py",
+        "name": f"{DISTILLED_STUDENT} distilled from ViT", "group": "distillation",
+        "script": "run_image_classification.py",
         "needs": str(teacher),
-        "argv": [*image_argv(student_type, student_variant + settings["image_shape"], cifar, work / "distilled", settings),
+        "argv": [*image_argv(student_type, student_variant + settings["image_shape"], cifar, work / "distilled",
+                             settings),
                  "--teacher_model", str(teacher), "--distillation_type", "hard"],
     })  # fmt: skip
     warm, measured = settings["scaleout_steps"]
@@ -218,7 +225,9 @@ def fsdp_launch(settings: dict, data: Path, work: Path, corpus: Path) -> tuple[l
             "--train_file", str(corpus), "--do_train", "--max_steps", settings["scaleout_steps"][0],
             "--output_dir", str(output_dir), *COMMON, *settings["device"]]  # fmt: skip
     config = EXAMPLES / "accelerate" / "fsdp_text.yaml"
-    return ["accelerate", "launch", "--config_file", str(config), "--num_processes", "1", str(EXAMPLES / "run_mlm.py"), *argv], output_dir
+    launch = ["accelerate", "launch", "--config_file", str(config), "--num_processes", "1"]
+    launch.append(str(EXAMPLES / "run_mlm.py"))
+    return [*launch, *argv], output_dir
 
 
 def fsdp_record(launch: list[str], status: str) -> dict:
@@ -233,7 +242,8 @@ def fsdp_check(settings: dict, data: Path, work: Path, corpus: Path, smoke: bool
     record = fsdp_record(launch, "ran")
     if smoke:
         return fsdp_record(launch, "not run in the smoke run (FSDP needs a GPU)")
-    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *launch[2:]], capture_output=True, text=True, timeout=300)
+    module_launch = [sys.executable, "-m", "accelerate.commands.launch", *launch[2:]]
+    result = subprocess.run(module_launch, capture_output=True, text=True, timeout=300)
     record["returncode"] = result.returncode
     if result.returncode != 0:
         record["status"] = "failed"
@@ -249,7 +259,8 @@ def fsdp_check(settings: dict, data: Path, work: Path, corpus: Path, smoke: bool
         with torch.no_grad():
             logits[device] = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
     record["max_abs_logit_difference_gpu_vs_cpu"] = (logits["cuda"] - logits["cpu"]).abs().max().item()
-    record["final_loss"] = json.loads((output_dir / "trainer_state.json").read_text())["log_history"][-1].get("train_loss")
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    record["final_loss"] = state["log_history"][-1].get("train_loss")
     return record
 
 
@@ -290,7 +301,8 @@ def markdown(report: dict) -> str:
         "",
         "## Masked-language modelling (SST-2 train + AG News, 5% held out) and SST-2 fine-tuning",
         "",
-        "| model | held-out masked-token accuracy (%) | held-out loss | perplexity | ms/step (MLM) | SST-2 dev accuracy (%) |",
+        "| model | held-out masked-token accuracy (%) | held-out loss | perplexity | ms/step (MLM) "
+        "| SST-2 dev accuracy (%) |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for name in MLM_MODELS:
@@ -303,15 +315,16 @@ def markdown(report: dict) -> str:
               "| model | top-1 (%) | held-out loss | ms/step |", "| --- | --- | --- | --- |"]  # fmt: skip
     for name in IMAGE_MODELS:
         run = runs.get(("cifar10", name))
-        lines.append(f"| {name} | {metric(run, 'eval_accuracy', 100)} | {metric(run, 'eval_loss', digits=3)} | {step_ms(run)} |")
+        scores = f"{metric(run, 'eval_accuracy', 100)} | {metric(run, 'eval_loss', digits=3)}"
+        lines.append(f"| {name} | {scores} | {step_ms(run)} |")
     distilled = runs.get(("distillation", f"{DISTILLED_STUDENT} distilled from ViT"))
+    undistilled = runs.get(("cifar10", DISTILLED_STUDENT))
     lines += [
         "", "## Distillation (DeiT hard distillation, teacher: the ViT above)", "",
         "| student | top-1 (%) | ms/step |", "| --- | --- | --- |",
-        f"| {DISTILLED_STUDENT}, no teacher | {metric(runs.get(('cifar10', DISTILLED_STUDENT)), 'eval_accuracy', 100)} | "
-        f"{step_ms(runs.get(('cifar10', DISTILLED_STUDENT)))} |",
-        f"| {DISTILLED_STUDENT} + distillation token, from the ViT teacher | {metric(distilled, 'eval_accuracy', 100)} | "
-        f"{step_ms(distilled)} |",
+        f"| {DISTILLED_STUDENT}, no teacher | {metric(undistilled, 'eval_accuracy', 100)} | {step_ms(undistilled)} |",
+        f"| {DISTILLED_STUDENT} + distillation token, from the ViT teacher | "
+        f"{metric(distilled, 'eval_accuracy', 100)} | {step_ms(distilled)} |",
         "", "## One GPU, issue 15's shapes (after a warm-up run)", "",
         "| run | samples/s | peak memory (GiB) | final training loss |", "| --- | --- | --- | --- |",
     ]  # fmt: skip
@@ -343,7 +356,7 @@ def plot(report: dict, path: Path) -> None:
 
     groups = [("mlm", "MLM pretraining"), ("sst2", "SST-2 fine-tuning"), ("cifar10", "CIFAR-10 from scratch")]
     figure, axes = plt.subplots(1, len(groups), figsize=(15, 4))
-    for axis, (group, title) in zip(axes, groups):
+    for axis, (group, title) in zip(axes, groups, strict=True):
         for run in report["runs"]:
             curve = run.get("loss_curve")
             if curve and (run["group"] == group or (group == "cifar10" and run["group"] == "distillation")):
@@ -363,13 +376,14 @@ def write_reports(report: dict, out: Path) -> None:
     plot(report, out / "loss_curves.png")
     scaleout = [
         {key: run.get(key) for key in ("name", "command", "peak_memory_gib", "wall_s", "status")}
-        | {k: run.get("metrics", {}).get(k) for k in ("train_samples_per_second", "train_steps_per_second", "train_loss")}
+        | {k: run.get("metrics", {}).get(k) for k in SCALEOUT_METRICS}
         | {"steps": int(run["argv"][run["argv"].index("--max_steps") + 1])}
         for run in report["runs"] if run["group"] == "scaleout"
     ]  # fmt: skip
     summary = {
         "environment": report["environment"],
-        "note": "One GPU only: machines with several GPUs were withheld, so DDP/FSDP across GPUs (issue 15) was not run. "
+        "note": "One GPU only: machines with several GPUs were withheld, so DDP/FSDP across GPUs (issue 15) was "
+        "not run. "
         "Each measured run follows a warm-up run of the same command with fewer steps; samples/s is Trainer's "
         "train_samples_per_second (data loading included), peak memory torch.cuda.max_memory_allocated().",
         "runs": scaleout,
