@@ -72,6 +72,29 @@ class OutputArguments:
     )  # fmt: skip
 
 
+@dataclass
+class DataArguments:
+    """What every script takes about its data: a Hub dataset, and limits on the examples used."""
+
+    dataset_name: str | None = field(default=None, metadata={"help": "A dataset of the Hub (through `datasets`)."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Train on the first N examples only."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N examples only."})
+
+
+@dataclass
+class TextDataArguments(DataArguments):
+    """The text scripts' data: local files as well, their tokenization and batching."""
+
+    train_file: str | None = field(default=None, metadata={"help": "A .txt, .csv, .tsv, .json or .jsonl file."})
+    validation_file: str | None = field(default=None, metadata={"help": "Evaluation data, in the same formats."})
+    column_names: str | None = field(
+        default=None, metadata={"help": "Comma-separated column names for csv/tsv files without a header row."}
+    )
+    pad_to_multiple_of: int | None = field(default=None, metadata={"help": "Pad batches to a multiple of this."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
+
+
 def parse_arguments(argument_classes: tuple, argv: list[str] | None):
     """The dataclasses filled from the command line, or from a single ``.json`` file of arguments."""
     parser = transformers.HfArgumentParser(argument_classes)
@@ -214,6 +237,12 @@ def set_labels(config: PretrainedConfig, labels: list[str], trained_head: bool, 
 # ------------------------------------------------------------------------------------------------- data
 
 
+def load_hub_dataset(name: str, config_name: str | None, model_args: ModelArguments) -> datasets.DatasetDict:
+    return datasets.load_dataset(
+        name, config_name, cache_dir=model_args.cache_dir, trust_remote_code=model_args.trust_remote_code
+    )
+
+
 def load_text_files(files: dict[str, str], column_names: str | None, cache_dir: str | None) -> datasets.DatasetDict:
     """Local text, csv, tsv or json(l) files as a ``DatasetDict`` keyed like ``files`` (split -> path).
 
@@ -306,6 +335,18 @@ def check_output_dir(training_args, overwrite: bool) -> str | None:
 def load_metric(name: str, config_name: str | None = None) -> evaluate.EvaluationModule:
     """A metric module of ``examples/metrics`` by path: no network, kept in memory (safe in several processes)."""
     return evaluate.load(str(METRICS_DIR / name), config_name, keep_in_memory=True)
+
+
+def train_and_evaluate(trainer, training_args, last_checkpoint: str | None) -> dict[str, dict]:
+    """``--do_train`` and ``--do_eval`` as the flags say: each split's metrics, with its number of examples."""
+    results = {}
+    if training_args.do_train:
+        results["train"] = trainer.train(resume_from_checkpoint=last_checkpoint).metrics
+        results["train"]["train_samples"] = len(trainer.train_dataset)
+    if training_args.do_eval:
+        results["eval"] = trainer.evaluate()
+        results["eval"]["eval_samples"] = len(trainer.eval_dataset)
+    return results
 
 
 def save_final_model(trainer, results: dict[str, dict], trained: bool) -> None:

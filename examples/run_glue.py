@@ -25,11 +25,13 @@ from common import (
     InputError,
     ModelArguments,
     OutputArguments,
+    TextDataArguments,
     build_config,
     check_max_seq_length,
     check_output_dir,
     first_samples,
     has_trained_head,
+    load_hub_dataset,
     load_metric,
     load_text_files,
     parse_arguments,
@@ -38,6 +40,7 @@ from common import (
     save_final_model,
     set_labels,
     setup_logging,
+    train_and_evaluate,
 )
 from transformers import (
     AutoModelForSequenceClassification,
@@ -81,18 +84,11 @@ class GlueModelArguments(ModelArguments):
 
 
 @dataclass
-class GlueDataArguments:
+class GlueDataArguments(TextDataArguments):
     task_name: str | None = field(
         default=None, metadata={"help": f"A GLUE task: its columns and metric ({', '.join(TASK_TEXT_COLUMNS)})."}
     )
-    dataset_name: str | None = field(default=None, metadata={"help": "A dataset of the Hub (through `datasets`)."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
-    train_file: str | None = field(default=None, metadata={"help": "A .csv, .tsv, .json or .jsonl file."})
-    validation_file: str | None = field(default=None, metadata={"help": "Evaluation data, in the same formats."})
     test_file: str | None = field(default=None, metadata={"help": "Data to predict (labels optional)."})
-    column_names: str | None = field(
-        default=None, metadata={"help": "Comma-separated column names for csv/tsv files without a header row."}
-    )
     text_column_names: str | None = field(
         default=None,
         metadata={"help": "One or two comma-separated text columns (default: the task's, else sentence1,sentence2, "
@@ -105,11 +101,7 @@ class GlueDataArguments:
                   "position table if shorter); longer examples are cut (the count is logged). Longer than the "
                   "model's position table is refused."},
     )  # fmt: skip
-    pad_to_multiple_of: int | None = field(default=None, metadata={"help": "Pad batches to a multiple of this."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Train on the first N examples only."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N examples only."})
     max_predict_samples: int | None = field(default=None, metadata={"help": "Predict the first N examples only."})
-    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
 
 
 def load_raw(data_args: GlueDataArguments, model_args: GlueModelArguments) -> datasets.DatasetDict:
@@ -125,9 +117,7 @@ def load_raw(data_args: GlueDataArguments, model_args: GlueModelArguments) -> da
         raise InputError(
             "Give the data with --task_name, --dataset_name or --train_file / --validation_file / --test_file."
         )
-    raw = datasets.load_dataset(
-        name, config_name, cache_dir=model_args.cache_dir, trust_remote_code=model_args.trust_remote_code
-    )
+    raw = load_hub_dataset(name, config_name, model_args)
     if data_args.task_name == "mnli":
         raw = datasets.DatasetDict(
             {"train": raw["train"], "validation": raw["validation_matched"], "test": raw["test_matched"]}
@@ -305,13 +295,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         compute_metrics=compute_metrics,
     )
 
-    results = {}
-    if training_args.do_train:
-        results["train"] = trainer.train(resume_from_checkpoint=last_checkpoint).metrics
-        results["train"]["train_samples"] = len(processed["train"])
-    if training_args.do_eval:
-        results["eval"] = trainer.evaluate()
-        results["eval"]["eval_samples"] = len(processed["validation"])
+    results = train_and_evaluate(trainer, training_args, last_checkpoint)
     if training_args.do_predict:
         test_set = processed["test"]
         output = trainer.predict(test_set, metric_key_prefix="test")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import datasets
 from common import (
+    DataArguments,
     InputError,
     ModelArguments,
     OutputArguments,
@@ -29,6 +30,7 @@ from common import (
     check_output_dir,
     first_samples,
     has_trained_head,
+    load_hub_dataset,
     load_metric,
     parse_arguments,
     require_columns,
@@ -37,6 +39,7 @@ from common import (
     set_labels,
     setup_logging,
     split_off_validation,
+    train_and_evaluate,
 )
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 from distillation import DistillationTrainer
@@ -68,9 +71,7 @@ class ImageModelArguments(ModelArguments):
 
 
 @dataclass
-class ImageDataArguments:
-    dataset_name: str | None = field(default=None, metadata={"help": "A dataset of the Hub (through `datasets`)."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
+class ImageDataArguments(DataArguments):
     train_dir: str | None = field(default=None, metadata={"help": "Training images, one sub-folder per class."})
     validation_dir: str | None = field(default=None, metadata={"help": "Evaluation images, the same layout."})
     train_val_split: float = field(
@@ -82,8 +83,6 @@ class ImageDataArguments:
     min_crop_scale: float = field(
         default=0.08, metadata={"help": "Smallest share of the image area a training crop covers (DeiT: 0.08)."}
     )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Train on the first N images only."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N images only."})
 
 
 @dataclass
@@ -119,12 +118,7 @@ def image_files(folder: str, flag: str) -> list[str]:
 
 def load_raw(data_args: ImageDataArguments, model_args: ImageModelArguments, training_args) -> datasets.DatasetDict:
     if data_args.dataset_name:
-        raw = datasets.load_dataset(
-            data_args.dataset_name,
-            data_args.dataset_config_name,
-            cache_dir=model_args.cache_dir,
-            trust_remote_code=model_args.trust_remote_code,
-        )
+        raw = load_hub_dataset(data_args.dataset_name, data_args.dataset_config_name, model_args)
     else:
         folders = {"train": data_args.train_dir, "validation": data_args.validation_dir}
         files = {split: image_files(folder, f"{split}_dir") for split, folder in folders.items() if folder}
@@ -309,13 +303,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         **extra,
     )
 
-    results = {}
-    if training_args.do_train:
-        results["train"] = trainer.train(resume_from_checkpoint=last_checkpoint).metrics
-        results["train"]["train_samples"] = len(splits["train"])
-    if training_args.do_eval:
-        results["eval"] = trainer.evaluate()
-        results["eval"]["eval_samples"] = len(splits["validation"])
+    results = train_and_evaluate(trainer, training_args, last_checkpoint)
     save_final_model(trainer, results, trained=training_args.do_train)
     return results
 

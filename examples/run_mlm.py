@@ -20,10 +20,12 @@ from common import (
     InputError,
     ModelArguments,
     OutputArguments,
+    TextDataArguments,
     build_config,
     check_max_seq_length,
     check_output_dir,
     first_samples,
+    load_hub_dataset,
     load_metric,
     load_text_files,
     parse_arguments,
@@ -32,6 +34,7 @@ from common import (
     save_final_model,
     setup_logging,
     split_off_validation,
+    train_and_evaluate,
 )
 from transformers import (
     AutoModelForMaskedLM,
@@ -55,16 +58,9 @@ class MLMModelArguments(ModelArguments):
 
 
 @dataclass
-class MLMDataArguments:
-    dataset_name: str | None = field(default=None, metadata={"help": "A dataset of the Hub (through `datasets`)."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
-    train_file: str | None = field(default=None, metadata={"help": "A .txt, .csv, .tsv, .json or .jsonl file."})
-    validation_file: str | None = field(default=None, metadata={"help": "Held-out text, in the same formats."})
+class MLMDataArguments(TextDataArguments):
     text_column_name: str | None = field(
         default=None, metadata={"help": "The column holding the text (default: 'text', or the only column)."}
-    )
-    column_names: str | None = field(
-        default=None, metadata={"help": "Comma-separated column names for csv/tsv files without a header row."}
     )
     validation_split_percentage: float = field(
         default=5, metadata={"help": "Percent of the training data held out when there is no validation data."}
@@ -82,20 +78,11 @@ class MLMDataArguments:
     mlm_probability: float = field(default=0.15, metadata={"help": "Share of tokens masked (the LION paper: 0.3)."})
     mask_replace_prob: float = field(default=0.8, metadata={"help": "Share of masked tokens replaced by [MASK]."})
     random_replace_prob: float = field(default=0.1, metadata={"help": "Share of masked tokens replaced at random."})
-    pad_to_multiple_of: int | None = field(default=None, metadata={"help": "Pad batches to a multiple of this."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Train on the first N examples only."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on the first N examples only."})
-    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
 
 
 def load_raw_text(data_args: MLMDataArguments, model_args: MLMModelArguments, training_args) -> datasets.DatasetDict:
     if data_args.dataset_name:
-        raw = datasets.load_dataset(
-            data_args.dataset_name,
-            data_args.dataset_config_name,
-            cache_dir=model_args.cache_dir,
-            trust_remote_code=model_args.trust_remote_code,
-        )
+        raw = load_hub_dataset(data_args.dataset_name, data_args.dataset_config_name, model_args)
     else:
         files = {
             split: path
@@ -273,13 +260,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         preprocess_logits_for_metrics=argmax_logits if training_args.do_eval else None,
     )
 
-    results = {}
-    if training_args.do_train:
-        results["train"] = trainer.train(resume_from_checkpoint=last_checkpoint).metrics
-        results["train"]["train_samples"] = len(train_set)
+    results = train_and_evaluate(trainer, training_args, last_checkpoint)
     if training_args.do_eval:
-        results["eval"] = trainer.evaluate()
-        results["eval"]["eval_samples"] = len(eval_set)
         loss = results["eval"]["eval_loss"]
         results["eval"]["eval_perplexity"] = math.exp(loss) if loss < 700 else math.inf
     save_final_model(trainer, results, trained=training_args.do_train)
