@@ -15,7 +15,7 @@ from pathlib import Path
 import datasets
 import evaluate
 import transformers
-from transformers import CONFIG_MAPPING, AutoConfig, PretrainedConfig
+from transformers import CONFIG_MAPPING, AutoConfig, AutoTokenizer, PretrainedConfig
 from transformers.trainer_utils import get_last_checkpoint
 
 import lion_hf
@@ -60,6 +60,18 @@ class ModelArguments:
     cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models and datasets are stored."})
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Run the code of Hub checkpoints and datasets that ship their own."}
+    )
+    ignore_mismatched_sizes: bool = field(
+        default=False,
+        metadata={"help": "Initialise anew the checkpoint's weights whose shapes differ from the config's (e.g. a "
+                  "classifier trained on other labels); otherwise such a checkpoint is refused."},
+    )  # fmt: skip
+
+
+@dataclass
+class TextModelArguments(ModelArguments):
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "The tokenizer (folder or Hub id), if not the checkpoint's own."}
     )
 
 
@@ -205,6 +217,38 @@ def build_config(args: ModelArguments, scratch_defaults: dict | None = None) -> 
     except ValueError as error:
         raise InputError(f"Invalid config: {error}") from None
     return config
+
+
+def build_model(auto_class, args: ModelArguments, config: PretrainedConfig):
+    """The checkpoint of ``--model_name_or_path`` loaded with ``config``, or a new model of ``config``."""
+    if args.model_name_or_path:
+        model = auto_class.from_pretrained(
+            args.model_name_or_path,
+            config=config,
+            cache_dir=args.cache_dir,
+            trust_remote_code=args.trust_remote_code,
+            ignore_mismatched_sizes=args.ignore_mismatched_sizes,
+        )
+    else:
+        model = auto_class.from_config(config, trust_remote_code=args.trust_remote_code)
+    logger.info(f"{type(model).__name__}: {model.num_parameters() / 1e6:.2f}M parameters")
+    return model
+
+
+def text_tokenizer_and_config(args: TextModelArguments):
+    """The tokenizer, and the model's config: a new model's vocabulary and padding id are the tokenizer's."""
+    source = args.tokenizer_name or args.model_name_or_path
+    if source is None:
+        raise InputError("A model trained from scratch needs --tokenizer_name.")
+    tokenizer = AutoTokenizer.from_pretrained(
+        source, cache_dir=args.cache_dir, trust_remote_code=args.trust_remote_code
+    )
+    config = build_config(args, {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id})
+    if getattr(config, "vocab_size", len(tokenizer)) < len(tokenizer):
+        raise InputError(
+            f"The tokenizer has {len(tokenizer)} tokens but the model's vocabulary only {config.vocab_size}."
+        )
+    return tokenizer, config
 
 
 def has_trained_head(args: ModelArguments, config: PretrainedConfig, head_suffix: str) -> bool:

@@ -23,10 +23,10 @@ import datasets
 import numpy as np
 from common import (
     InputError,
-    ModelArguments,
     OutputArguments,
     TextDataArguments,
-    build_config,
+    TextModelArguments,
+    build_model,
     check_max_seq_length,
     check_output_dir,
     first_samples,
@@ -40,11 +40,11 @@ from common import (
     save_final_model,
     set_labels,
     setup_logging,
+    text_tokenizer_and_config,
     train_and_evaluate,
 )
 from transformers import (
     AutoModelForSequenceClassification,
-    AutoTokenizer,
     DataCollatorWithPadding,
     Trainer,
     TrainingArguments,
@@ -73,17 +73,6 @@ DEFAULT_MAX_SEQ_LENGTH = 128
 
 
 @dataclass
-class GlueModelArguments(ModelArguments):
-    tokenizer_name: str | None = field(
-        default=None, metadata={"help": "The tokenizer (folder or Hub id), if not the checkpoint's own."}
-    )
-    ignore_mismatched_sizes: bool = field(
-        default=False,
-        metadata={"help": "Train a new classifier when the checkpoint's was trained on other labels (else an error)."},
-    )
-
-
-@dataclass
 class GlueDataArguments(TextDataArguments):
     task_name: str | None = field(
         default=None, metadata={"help": f"A GLUE task: its columns and metric ({', '.join(TASK_TEXT_COLUMNS)})."}
@@ -104,7 +93,7 @@ class GlueDataArguments(TextDataArguments):
     max_predict_samples: int | None = field(default=None, metadata={"help": "Predict the first N examples only."})
 
 
-def load_raw(data_args: GlueDataArguments, model_args: GlueModelArguments) -> datasets.DatasetDict:
+def load_raw(data_args: GlueDataArguments, model_args: TextModelArguments) -> datasets.DatasetDict:
     if data_args.task_name is not None and data_args.task_name not in TASK_TEXT_COLUMNS:
         raise InputError(f"Unknown --task_name {data_args.task_name!r}; allowed: {', '.join(TASK_TEXT_COLUMNS)}.")
     files = {split: getattr(data_args, f"{split}_file") for split in SPLIT_FLAGS if getattr(data_args, f"{split}_file")}
@@ -191,7 +180,7 @@ def prepare_labels(config, raw, data_args, model_args, training_args, regression
     set_labels(config, names, has_trained_head(model_args, config, HEAD), model_args.ignore_mismatched_sizes)
 
 
-ARGUMENTS = (GlueModelArguments, GlueDataArguments, OutputArguments, TrainingArguments)
+ARGUMENTS = (TextModelArguments, GlueDataArguments, OutputArguments, TrainingArguments)
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
@@ -218,13 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         and reference.features[data_args.label_column_name].dtype in ("float32", "float64")
     )
 
-    tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
-    if tokenizer_source is None:
-        raise InputError("A model trained from scratch needs --tokenizer_name.")
-    tokenizer = AutoTokenizer.from_pretrained(
-        tokenizer_source, cache_dir=model_args.cache_dir, trust_remote_code=model_args.trust_remote_code
-    )
-    config = build_config(model_args, {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id})
+    tokenizer, config = text_tokenizer_and_config(model_args)
     prepare_labels(config, raw, data_args, model_args, training_args, regression)
     max_length = check_max_seq_length(data_args.max_seq_length, config, DEFAULT_MAX_SEQ_LENGTH)
 
@@ -264,16 +247,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
                 logger.info(f"{cut} of {len(dataset)} {split} examples cut to {max_length} tokens.")
             processed[split] = dataset.remove_columns("was_cut")
 
-    if model_args.model_name_or_path:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            model_args.model_name_or_path,
-            config=config,
-            cache_dir=model_args.cache_dir,
-            trust_remote_code=model_args.trust_remote_code,
-            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-        )
-    else:
-        model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=model_args.trust_remote_code)
+    model = build_model(AutoModelForSequenceClassification, model_args, config)
 
     if data_args.task_name:
         metric = load_metric("glue", data_args.task_name)

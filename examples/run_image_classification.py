@@ -27,6 +27,7 @@ from common import (
     ModelArguments,
     OutputArguments,
     build_config,
+    build_model,
     check_output_dir,
     first_samples,
     has_trained_head,
@@ -64,10 +65,6 @@ class ImageModelArguments(ModelArguments):
         metadata={"help": "The image processor (folder or Hub id); default: the checkpoint's own, or DeiT's "
                   "evaluation transform at the model's image size for a new model."},
     )  # fmt: skip
-    ignore_mismatched_sizes: bool = field(
-        default=False,
-        metadata={"help": "Train a new classifier when the checkpoint's was trained on other labels (else an error)."},
-    )
 
 
 @dataclass
@@ -250,17 +247,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         raise InputError(f"{type(config).__name__} has no square image_size; this script trains square images.")
     teacher = load_teacher(distill_args, model_args, config) if distill_args.teacher_model else None
 
-    if model_args.model_name_or_path:
-        model = AutoModelForImageClassification.from_pretrained(
-            model_args.model_name_or_path,
-            config=config,
-            cache_dir=model_args.cache_dir,
-            trust_remote_code=model_args.trust_remote_code,
-            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-        )
-    else:
-        model = AutoModelForImageClassification.from_config(config, trust_remote_code=model_args.trust_remote_code)
-    logger.info(f"{type(model).__name__}: {model.num_parameters() / 1e6:.2f}M parameters")
+    model = build_model(AutoModelForImageClassification, model_args, config)
 
     processor = image_processor(model_args, image_size)
     image_column, label_column = data_args.image_column_name, data_args.label_column_name

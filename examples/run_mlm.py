@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import datasets
 from common import (
     InputError,
-    ModelArguments,
     OutputArguments,
     TextDataArguments,
-    build_config,
+    TextModelArguments,
+    build_model,
     check_max_seq_length,
     check_output_dir,
     first_samples,
@@ -33,12 +33,12 @@ from common import (
     run,
     save_final_model,
     setup_logging,
+    text_tokenizer_and_config,
     split_off_validation,
     train_and_evaluate,
 )
 from transformers import (
     AutoModelForMaskedLM,
-    AutoTokenizer,
     DataCollatorForLanguageModeling,
     Trainer,
     TrainingArguments,
@@ -48,13 +48,6 @@ from transformers import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_SEQ_LENGTH = 512
-
-
-@dataclass
-class MLMModelArguments(ModelArguments):
-    tokenizer_name: str | None = field(
-        default=None, metadata={"help": "The tokenizer (folder or Hub id), if not the checkpoint's own."}
-    )
 
 
 @dataclass
@@ -80,7 +73,7 @@ class MLMDataArguments(TextDataArguments):
     random_replace_prob: float = field(default=0.1, metadata={"help": "Share of masked tokens replaced at random."})
 
 
-def load_raw_text(data_args: MLMDataArguments, model_args: MLMModelArguments, training_args) -> datasets.DatasetDict:
+def load_raw_text(data_args: MLMDataArguments, model_args: TextModelArguments, training_args) -> datasets.DatasetDict:
     if data_args.dataset_name:
         raw = load_hub_dataset(data_args.dataset_name, data_args.dataset_config_name, model_args)
     else:
@@ -180,7 +173,7 @@ def argmax_logits(logits, labels):
     return logits.argmax(dim=-1)
 
 
-ARGUMENTS = (MLMModelArguments, MLMDataArguments, OutputArguments, TrainingArguments)
+ARGUMENTS = (TextModelArguments, MLMDataArguments, OutputArguments, TrainingArguments)
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
@@ -191,21 +184,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     last_checkpoint = check_output_dir(training_args, output_args.overwrite_output_dir)
     set_seed(training_args.seed)
 
-    tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path
-    if tokenizer_source is None:
-        raise InputError("A model trained from scratch needs --tokenizer_name.")
-    tokenizer = AutoTokenizer.from_pretrained(
-        tokenizer_source, cache_dir=model_args.cache_dir, trust_remote_code=model_args.trust_remote_code
-    )
+    tokenizer, config = text_tokenizer_and_config(model_args)
     if tokenizer.mask_token is None:
-        raise InputError(
-            f"The tokenizer of {tokenizer_source} has no mask token, which masked-language modelling needs."
-        )
-    config = build_config(model_args, {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id})
-    if config.vocab_size < len(tokenizer):
-        raise InputError(
-            f"The tokenizer has {len(tokenizer)} tokens but the model's vocabulary only {config.vocab_size}."
-        )
+        raise InputError(f"The tokenizer {tokenizer.name_or_path} has no mask token, which masked-LM training needs.")
     max_length = check_max_seq_length(data_args.max_seq_length, config, DEFAULT_MAX_SEQ_LENGTH)
 
     raw = load_raw_text(data_args, model_args, training_args)
@@ -229,16 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         if examples is not None and len(examples) == 0:
             raise InputError(f"The {name} data gives no example of {max_length} tokens.")
 
-    if model_args.model_name_or_path:
-        model = AutoModelForMaskedLM.from_pretrained(
-            model_args.model_name_or_path,
-            config=config,
-            cache_dir=model_args.cache_dir,
-            trust_remote_code=model_args.trust_remote_code,
-        )
-    else:
-        model = AutoModelForMaskedLM.from_config(config, trust_remote_code=model_args.trust_remote_code)
-    logger.info(f"{type(model).__name__}: {model.num_parameters() / 1e6:.2f}M parameters")
+    model = build_model(AutoModelForMaskedLM, model_args, config)
 
     # Each process masks with its own seed, so the processes of a multi-process run draw independent masks.
     collator = DataCollatorForLanguageModeling(
