@@ -6,7 +6,7 @@ tokenizer or image processor, model card) and can verify it against the original
 ``lion-hf convert {vision,mlm} ...`` or ``python -m lion_hf.conversion {vision,mlm} ...``.
 """
 
-from .checkpoint import ALLOWED_GLOBALS, UnsafeCheckpointError, load_checkpoint
+from .checkpoint import ALLOWED_GLOBALS, UnreadableCheckpointError, UnsafeCheckpointError, load_checkpoint
 from .mlm import convert_mlm
 from .pipeline import ConversionResult
 from .state_dict import CheckpointMismatchError
@@ -17,6 +17,7 @@ __all__ = [
     "ALLOWED_GLOBALS",
     "CheckpointMismatchError",
     "ConversionResult",
+    "UnreadableCheckpointError",
     "UnsafeCheckpointError",
     "VerificationError",
     "VerificationReport",

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
 from transformers.utils import logging as transformers_logging
 
 from . import mlm, vision
 from .verify import VerificationError
 
-# Exit statuses: 1 the converted model does not reproduce the reference outputs; 2 the conversion was refused.
+# Exit statuses: 1 the converted model does not reproduce the reference outputs; 2 the conversion was refused;
+# 3 it failed in a way it does not foresee (with the traceback), so that 1 always means a failed verification.
 EXIT_VERIFICATION_FAILED = 1
 EXIT_REFUSED = 2
+EXIT_UNEXPECTED = 3
 
 
 def _shared_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +101,10 @@ def main(argv: list[str] | None = None, prog: str = "lion-hf convert") -> int:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)
         return EXIT_REFUSED
+    except Exception:
+        traceback.print_exc()
+        print(f"error: nothing written to {args.output}: the conversion failed unexpectedly (above).", file=sys.stderr)
+        return EXIT_UNEXPECTED
     finally:
         if transformers_bars:
             transformers_logging.enable_progress_bar()

@@ -6,7 +6,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from lion_hf import LionPreTrainedModel
@@ -19,6 +19,22 @@ PIPELINE_TAGS = {
     "LionForSequenceClassification": ("text-classification", "AutoModelForSequenceClassification"),
     "LionForImageClassification": ("image-classification", "AutoModelForImageClassification"),
 }
+
+
+def check_inputs_outside(output: str | Path, inputs: Iterable[str | Path | None]) -> None:
+    """Refuse an output folder that is, or contains, one of the ``inputs`` (files or folders the conversion reads):
+    replacing it would delete them. Symbolic links are followed on both sides."""
+    folder = Path(output).resolve()
+    for path in inputs:
+        if path is None:
+            continue
+        source = Path(path).resolve()
+        if source == folder or folder in source.parents:
+            relation = "is" if source == folder else "contains"
+            raise ValueError(
+                f"The output folder {str(output)!r} {relation} the input {str(path)!r}; replacing the folder would "
+                "delete it. Write to another folder."
+            )
 
 
 def check_output_folder(output: Path, overwrite: bool) -> None:
@@ -35,9 +51,10 @@ def staged_folder(output: str | Path, overwrite: bool = False) -> Iterator[Path]
     """A fresh folder beside ``output`` to write into; moved to ``output`` only when the block succeeds.
 
     On any error the staged folder is deleted and ``output`` is left as it was, so a conversion never leaves a
-    half-written model behind. An existing non-empty ``output`` is replaced only with ``overwrite=True``.
+    half-written model behind. An existing non-empty ``output`` is replaced only with ``overwrite=True``. An
+    ``output`` that is a symbolic link is followed: the folder it points to is replaced and the link kept.
     """
-    output = Path(output).absolute()
+    output = Path(output).resolve()
     check_output_folder(output, overwrite)
     output.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))

@@ -7,7 +7,6 @@ config and flags override its entries. ``arch_type`` (lion-lit / lion-d / lion-s
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch
 
 from lion_hf import LionConfig, LionForMaskedLM, LionForSequenceClassification
 
-from .pipeline import ConversionResult, load_weights, run_conversion
+from .pipeline import ConversionResult, load_weights, read_json_object, run_conversion
 from .state_dict import Source
 
 SOURCE_FORMAT = "composer-m2bert-lion"
@@ -48,12 +47,7 @@ TIED = {
 
 def read_bert_config_json(path: str | Path) -> dict:
     """A BERT config from JSON: the config itself (e.g. a config.json) or ``{"bert_config": {...}}``."""
-    content = json.loads(Path(path).read_text(encoding="utf-8"))
-    if isinstance(content, dict) and "bert_config" in content:
-        content = content["bert_config"]
-    if not isinstance(content, dict):
-        raise ValueError(f"{str(path)!r} must hold a JSON object with the BERT config.")
-    return content
+    return read_json_object(path, "bert_config", "BERT config entries")
 
 
 def split_checkpoint(checkpoint) -> tuple[dict, dict | None]:
@@ -197,13 +191,14 @@ def convert_mlm(
     must give its ``logits`` (and ``last_hidden_state``) in every form.
     """
     json_config = bert_config_json
+    read = []  # the files and folders read besides the checkpoint: the output must not contain them
     if bert_config_json is not None and not isinstance(bert_config_json, Mapping):
         json_config = read_bert_config_json(bert_config_json)
+        read.append(bert_config_json)
     loaded_tokenizer = None
     if tokenizer is not None:
-        from transformers import AutoTokenizer
-
-        loaded_tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        loaded_tokenizer = load_tokenizer(tokenizer)
+        read.append(tokenizer)
     return run_conversion(
         checkpoint,
         output,
@@ -211,8 +206,25 @@ def convert_mlm(
         command="mlm",
         source_format=SOURCE_FORMAT,
         tokenizer=loaded_tokenizer,
+        inputs=read,
         **options,
     )
+
+
+def load_tokenizer(folder: str | Path):
+    """The tokenizer saved in ``folder`` (a local folder only: conversion never downloads)."""
+    from transformers import AutoTokenizer
+
+    if not Path(folder).is_dir():
+        what = "is not a folder" if Path(folder).exists() else "does not exist"
+        raise FileNotFoundError(
+            f"Tokenizer folder {str(folder)!r} {what}; --tokenizer takes a folder a tokenizer was saved to."
+        )
+    try:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    # transformers reports a folder without a usable tokenizer in several ways (OSError, ValueError, ...).
+    except Exception as error:
+        raise ValueError(f"Cannot load a tokenizer from the folder {str(folder)!r}: {error}") from error
 
 
 OVERRIDE_FLAGS = (

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from transformers.utils import logging
 from lion_hf import LionPreTrainedModel, lion_image_processor
 
 from .checkpoint import load_checkpoint
-from .export import check_output_folder, model_card, staged_folder
+from .export import check_inputs_outside, check_output_folder, model_card, staged_folder
 from .state_dict import Source, remap_state_dict
 from .verify import VerificationError, VerificationReport, verify_model
 
@@ -25,6 +27,19 @@ class ConversionResult:
     output: Path
     model: LionPreTrainedModel
     report: VerificationReport | None
+
+
+def read_json_object(path: str | Path, wrapper: str, what: str) -> dict:
+    """The JSON object in ``path``: ``what`` itself, or ``{wrapper: {...}}`` around it."""
+    try:
+        content = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{str(path)!r} is not valid JSON ({error}); it should hold {what}.") from None
+    if isinstance(content, dict) and wrapper in content:
+        content = content[wrapper]
+    if not isinstance(content, dict):
+        raise ValueError(f"{str(path)!r} must hold a JSON object of {what}.")
+    return content
 
 
 def load_weights(
@@ -59,6 +74,7 @@ def run_conversion(
     trust_checkpoint: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    inputs: Iterable[str | Path | None] = (),
 ) -> ConversionResult:
     """Load ``checkpoint``, turn it into a model with ``build``, write the folder, verify it, publish it.
 
@@ -66,11 +82,16 @@ def run_conversion(
     every attention form; any output further than ``tolerance`` (max abs, float32) from its reference raises a
     :class:`VerificationError` carrying the report. ``trust_checkpoint``: unpickle everything (trusted files
     only). ``overwrite``: replace a non-empty ``output``. ``progress``: a progress bar over the steps.
+    ``inputs``: the other files and folders the conversion reads (a JSON config, a tokenizer folder).
 
     The folder is written beside ``output`` and moved into place only when everything succeeded, verification
-    included: a failure at any step leaves nothing behind.
+    included: a failure at any step leaves nothing behind. An ``output`` that is, or contains, the checkpoint,
+    ``verify`` or one of ``inputs`` is refused before anything is written.
     """
     checkpoint, output = Path(checkpoint), Path(output)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < math.inf:
+        raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}.")
+    check_inputs_outside(output, [checkpoint, verify, *inputs])
     check_output_folder(output, overwrite)
     if verify is not None and not Path(verify).is_file():
         raise FileNotFoundError(f"Reference io file {str(verify)!r} does not exist.")

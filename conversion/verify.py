@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from lion_hf import ATTENTION_FORMS, LionPreTrainedModel
@@ -81,7 +82,10 @@ def _forms(model: LionPreTrainedModel, length: int) -> list[tuple[str, str, int]
 def verify_model(model: LionPreTrainedModel, io_path: str | Path, tolerance: float = 1e-5) -> VerificationReport:
     """Compare ``model`` (in float32, eval mode) with the outputs stored in ``io_path`` in every attention form."""
     io_path = Path(io_path)
-    tensors = load_file(io_path)
+    try:
+        tensors = load_file(io_path)
+    except SafetensorError as error:
+        raise ValueError(f"Cannot read the reference io file {str(io_path)!r} as safetensors: {error}.") from None
     modality = model.config.modality
     names = MODEL_INPUTS[modality]
     if names[0] not in tensors or "logits" not in tensors:

@@ -8,7 +8,6 @@ gathered, later sources winning, from: the registered model named by ``args.mode
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 from lion_hf import PRESETS, LionConfig, LionForImageClassification
 from lion_hf.modeling.lion_attention import check_choice
 
-from .pipeline import ConversionResult, load_weights, run_conversion
+from .pipeline import ConversionResult, load_weights, read_json_object, run_conversion
 from .state_dict import Source
 
 SOURCE_FORMAT = "deit-lion-vision"
@@ -72,12 +71,7 @@ RENAMES = (
 
 def read_constructor_json(path: str | Path) -> dict:
     """Constructor arguments from a JSON file: either the arguments themselves or ``{"constructor": {...}}``."""
-    content = json.loads(Path(path).read_text(encoding="utf-8"))
-    if isinstance(content, dict) and "constructor" in content:
-        content = content["constructor"]
-    if not isinstance(content, dict):
-        raise ValueError(f"{str(path)!r} must hold a JSON object of Lion_VisionTransformer arguments.")
-    return content
+    return read_json_object(path, "constructor", "Lion_VisionTransformer arguments")
 
 
 def original_arguments(
@@ -215,14 +209,17 @@ def convert_vision(
     ``pixel_values`` must give its ``logits`` (and ``pooled_features``) in every form.
     """
     constructor = original_config
+    read = []  # the output must not contain the JSON either
     if original_config is not None and not isinstance(original_config, Mapping):
         constructor = read_constructor_json(original_config)
+        read.append(original_config)
     return run_conversion(
         checkpoint,
         output,
         lambda loaded: build_model(loaded, constructor, overrides),
         command="vision",
         source_format=SOURCE_FORMAT,
+        inputs=read,
         **options,
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
 
 from .lion_attention import check_attention_settings, check_choice, check_positive_int
 
@@ -169,8 +170,14 @@ class LionConfig(PretrainedConfig):
         check_choice("patch_order", self.patch_order, PATCH_ORDERS)
         check_choice("pooling", self.pooling, POOLINGS)
         check_choice("feature_map", self.feature_map, FEATURE_MAPS)
-        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads"):
+        check_choice("hidden_act", self.hidden_act, tuple(ACT2FN))
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
             check_positive_int(name, getattr(self, name))
+        for name in ("layer_norm_eps", "attention_eps", "selective_gate_eps"):
+            _check_at_least_zero(name, getattr(self, name))
+        # Dropped with probability p and the rest scaled by 1 / (1 - p): p = 1 has no such scale.
+        for name in ("attention_probs_dropout_prob", "drop_path_rate"):
+            _check_probability_below_one(name, getattr(self, name))
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
@@ -183,7 +190,7 @@ class LionConfig(PretrainedConfig):
                 )
             if self.use_distillation_token:
                 raise ValueError("use_distillation_token=True applies to vision models only.")
-            for name in ("vocab_size", "max_position_embeddings"):
+            for name in ("vocab_size", "max_position_embeddings", "type_vocab_size"):
                 check_positive_int(name, getattr(self, name))
         else:
             for name in ("image_size", "patch_size", "num_channels"):
@@ -204,3 +211,13 @@ class LionConfig(PretrainedConfig):
         if name not in PRESETS:
             raise ValueError(f"Unknown preset {name!r}; allowed: {', '.join(map(repr, PRESETS))}.")
         return cls(**{**PRESETS[name], **kwargs})
+
+
+def _check_at_least_zero(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
+
+
+def _check_probability_below_one(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a probability in [0, 1), got {value!r}.")

@@ -42,6 +42,21 @@ LION-D (a log-decay constant along the tokens, recognised by a zero stride along
 The masked product runs in one autograd node that keeps the mask for the backward pass and recomputes the
 scores, instead of autograd's chain of N x N temporaries.
 
+Checks. ``lion_attention`` checks shapes and switches on every call (no host sync). With ``check_values=True``
+(the default) it also checks the values: log-decays ``<= 0`` and not NaN, each order a permutation (once per order
+tensor: the result is cached by identity and version), a non-bool ``key_padding_mask`` 0/1. In eager mode each of
+those reads one boolean on the host; under ``torch.compile`` they are asynchronous assertions in the graph (a
+``RuntimeError`` when the graph runs; on CUDA a device-side assert). The models pass ``check_values=False``: their
+log-decays come from ``logsigmoid`` / ``log(1 - sigmoid + eps)``, their orders from ``snake_orders`` and their masks
+are checked once per forward by the model.
+
+Padding. Keys and values of padded tokens are selected away, never multiplied by 0, and a non-finite log-decay of a
+token outside the row's run of real tokens is replaced by 0, so that NaN or inf there reaches no real token (no
+real token's mask uses those decays; finite ones are kept, so padded rows give what they always gave). Log-decays
+below ``-1000`` (decays that are 0 in every float dtype) are taken as ``-1000``: ``-inf`` (a decay of 0) cuts the
+mask exactly, and the running sums stay free of cancellation. Empty inputs (no batch, no tokens) give an empty
+result in every form.
+
 Numerics. Inputs in float32 or float64 compute exactly: running sums and the subtraction above in float64 (the
 sums grow with the length and their float32 differences would lose the small values that matter), masks
 exponentiated from values ``<= 0`` and rounded once to the compute dtype. Under bfloat16 (autocast, or bf16
@@ -61,6 +76,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
 
 ATTENTION_FORMS = ("parallel", "chunk", "recurrent")
 # "auto" takes the first implementation of the form in IMPLEMENTATIONS that can run the inputs.
@@ -70,6 +86,16 @@ BACKEND_ENVIRONMENT_VARIABLE = "LION_HF_ATTENTION_BACKEND"
 
 # bf16 only: a single path's h is folded into q and k as exp(-h) and exp(h); this keeps both finite.
 _FOLD_MIN_LOG_DECAY = -60.0
+# exp underflows to 0 below about -745 even in float64: a log-decay under this bound is the same decay (0) in every
+# dtype, and bounding it keeps the running sums of log-decays free of cancellation (-1e30 next to -1 loses the -1).
+_MIN_LOG_DECAY = -1000.0
+# Orders already found to be permutations, with the tensor version they were checked at.
+_CHECKED_ORDERS = WeakIdKeyDictionary()
+
+
+def is_compiling() -> bool:
+    """Under torch.compile, torch.export or torch.jit.trace: data-dependent Python branches are not allowed."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
 def check_choice(name: str, value, allowed) -> None:
@@ -81,6 +107,19 @@ def check_choice(name: str, value, allowed) -> None:
 def check_positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def check_that(condition: torch.Tensor, message: str, details: Callable[[], str] | None = None) -> None:
+    """Unless the boolean tensor ``condition`` holds: a ``ValueError`` with ``details()`` (or ``message``).
+
+    Eager, this reads the condition on the host (one sync; ``details`` runs only on failure). Under torch.compile
+    it is an asynchronous assertion in the graph with ``message``: no graph break and no sync, and a
+    ``RuntimeError`` when the graph runs (on CUDA a device-side assert).
+    """
+    if is_compiling():
+        torch._assert_async(condition, message)
+    elif not bool(condition):
+        raise ValueError(details() if details is not None else message)
 
 
 def check_attention_settings(form: str, chunk_size: int, backend: str = "auto") -> None:
@@ -105,6 +144,7 @@ def lion_attention(
     dropout_p: float = 0.0,
     training: bool = False,
     backend: str = "auto",
+    check_values: bool = True,
 ) -> torch.Tensor:
     """Masked bidirectional linear attention.
 
@@ -112,7 +152,7 @@ def lion_attention(
         q, k: ``(B, H, N, D)`` feature-mapped and (for ``q``) scaled queries and keys.
         v: ``(B, H, N, Dv)`` values.
         log_decays: ``None`` for no decay (LION-LIT), else one tensor per path of shape ``(B or 1, H, N)``
-            holding ``log a_t`` of every token, indexed in token order. One that is constant along the tokens
+            holding ``log a_t <= 0`` of every token, indexed in token order. One that is constant along the tokens
             and expanded to the length (stride 0, e.g. ``logsigmoid(w).view(1, H, 1).expand(1, H, N)``) is LION-D
             and takes the closed form.
         orders: ``None`` for the natural order, else one ``LongTensor`` ``(N,)`` per path: ``orders[p][l]`` is
@@ -121,21 +161,26 @@ def lion_attention(
         chunk_size: tokens per chunk for the ``chunk`` form and per step of the ``recurrent`` form (any
             positive size; the last chunk may be shorter).
         normalize: divide by the row sums of the masked scores plus ``eps``.
-        key_padding_mask: ``(B, N)``, true/1 for real tokens; padded keys contribute nothing.
+        key_padding_mask: ``(B, N)``, true/1 for real tokens, false/0 for padding; padded keys contribute nothing.
         dropout_p: dropout on the masked scores; only the ``parallel`` form materialises them.
         backend: ``"auto"`` (the first implementation in ``IMPLEMENTATIONS`` that can run the inputs, unless
             ``$LION_HF_ATTENTION_BACKEND`` names one) or the name of one backend.
+        check_values: check the values of ``log_decays``, ``orders`` and a non-bool ``key_padding_mask`` (see
+            "Checks" in the module docstring); ``False`` for inputs that are valid by construction.
 
     Returns:
         ``(B, H, N, Dv)`` in the compute dtype: the autocast dtype under autocast, else the dtype of ``q``.
     """
     check_attention_settings(form, chunk_size, backend)
-    _check_inputs(q, k, v, log_decays, orders, key_padding_mask)
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}.")
+    log_decays, key_padding_mask = _checked_inputs(q, k, v, log_decays, orders, key_padding_mask, check_values)
     dtype = _compute_dtype(q)
     # Contiguous heads: batched matrix products would otherwise copy them again at every use.
     q, k, v = (t.to(dtype).contiguous() for t in (q, k, v))
-    if key_padding_mask is not None:
-        key_padding_mask = key_padding_mask.bool()
+    if q.shape[0] == 0 or q.shape[2] == 0:
+        # No sample or no token: the empty product (every implementation may assume at least one of each).
+        return q @ k.transpose(-1, -2) @ v
     if orders is None and log_decays is not None:
         orders = [None] * len(log_decays)
     options = dict(
@@ -158,18 +203,19 @@ def lion_attention_weights(
     normalize: bool = False,
     eps: float = 1e-6,
     key_padding_mask: torch.Tensor | None = None,
+    check_values: bool = True,
 ) -> torch.Tensor:
     """The ``(B, H, N, N)`` matrix that every form of :func:`lion_attention` multiplies the values with.
 
     ``(q k^T) * M`` with the decay mask of the same arguments, padded keys' columns zero, and with ``normalize``
     divided by its row sums plus ``eps``; no dropout. It is materialised, so its memory grows as ``N^2``.
     """
-    _check_inputs(q, k, k, log_decays, orders, key_padding_mask)
+    log_decays, key_padding_mask = _checked_inputs(q, k, k, log_decays, orders, key_padding_mask, check_values)
     dtype = _compute_dtype(q)
     mask_dtype = _mask_dtype(dtype)
     scores = q.to(mask_dtype) @ k.to(mask_dtype).transpose(-1, -2)
     if key_padding_mask is not None:
-        scores = scores.masked_fill(~key_padding_mask.bool()[:, None, None, :], 0.0)
+        scores = scores.masked_fill(~key_padding_mask[:, None, None, :], 0.0)
     if log_decays is not None:
         orders = orders if orders is not None else [None] * len(log_decays)
         paths = [_path_mask_terms(q, d, o, mask_dtype, fold=False)[0] for d, o in zip(log_decays, orders)]
@@ -187,8 +233,10 @@ class AttentionImplementation:
     """One way to compute one form.
 
     ``run(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_padding_mask, dropout_p)`` gets
-    contiguous inputs in the compute dtype, ``orders`` as one entry (a permutation or ``None``) per path, a
-    boolean ``key_padding_mask`` or ``None``, and a ``dropout_p`` that is already 0 outside training.
+    contiguous inputs in the compute dtype with at least one sample and one token, log-decays no lower than
+    -1000 and finite outside each row's run of real tokens (see "Padding" in the module docstring), ``orders`` as
+    one entry (a permutation or ``None``) per path, a boolean ``key_padding_mask`` or ``None``, and a
+    ``dropout_p`` that is already 0 outside training.
     ``unsupported`` takes the same arguments and returns why it cannot run them, or ``None`` when it can.
     """
 
@@ -218,8 +266,31 @@ def _runs_anywhere(*args, **options) -> None:
     return None
 
 
-def _check_inputs(q, k, v, log_decays, orders, key_padding_mask):
-    if q.dim() != 4 or q.shape != k.shape or v.shape[:3] != q.shape[:3]:
+def _checked_inputs(q, k, v, log_decays, orders, key_padding_mask, check_values):
+    """The checked ``log_decays`` (bounded, see "Padding") and ``key_padding_mask`` (boolean) for the forms."""
+    _check_shapes(q, k, v, log_decays, orders, key_padding_mask)
+    if key_padding_mask is not None:
+        if check_values and key_padding_mask.dtype != torch.bool:
+            _check_binary(key_padding_mask)
+        key_padding_mask = key_padding_mask.bool()
+    if log_decays is None:
+        return None, key_padding_mask
+    log_decays = _bounded_log_decays(log_decays, key_padding_mask)
+    if check_values:
+        for index, log_decay in enumerate(log_decays):
+            _check_log_decay(index, log_decay)
+        for index, order in enumerate(orders or ()):
+            if order is not None:
+                _check_permutation(index, order)
+    return log_decays, key_padding_mask
+
+
+def _check_shapes(q, k, v, log_decays, orders, key_padding_mask):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            kind = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be a floating-point tensor, got {kind}.")
+    if q.dim() != 4 or q.shape != k.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
         raise ValueError(
             f"q, k must be (B, H, N, D) of the same shape and v (B, H, N, Dv); got q {tuple(q.shape)}, "
             f"k {tuple(k.shape)}, v {tuple(v.shape)}."
@@ -231,6 +302,9 @@ def _check_inputs(q, k, v, log_decays, orders, key_padding_mask):
         )
     if log_decays is None:
         return
+    for name, paths in (("log_decays", log_decays), ("orders", orders)):
+        if isinstance(paths, torch.Tensor):
+            raise ValueError(f"{name} must be a list with one tensor per path, got a tensor; pass [{name[:-1]}].")
     if len(log_decays) == 0:
         raise ValueError("log_decays must hold one tensor per path, or be None for no decay.")
     for log_decay in log_decays:
@@ -243,10 +317,82 @@ def _check_inputs(q, k, v, log_decays, orders, key_padding_mask):
         if len(orders) != len(log_decays):
             raise ValueError(f"got {len(orders)} orders for {len(log_decays)} log-decay paths; give one order per path.")
         for order in orders:
-            if order is not None and tuple(order.shape) != (length,):
+            if order is None:
+                continue
+            if tuple(order.shape) != (length,):
                 raise ValueError(f"each order must be a permutation of shape ({length},), got {tuple(order.shape)}.")
+            if order.is_floating_point() or order.is_complex() or order.dtype == torch.bool:
+                raise ValueError(f"each order must be an integer tensor (token indices), got {order.dtype}.")
     elif len(log_decays) != 1:
         raise ValueError(f"{len(log_decays)} log-decay paths need as many orders, got none.")
+
+
+def _check_binary(key_padding_mask: torch.Tensor) -> None:
+    def found() -> str:
+        values = key_padding_mask.unique()
+        odd = values[(values != 0) & (values != 1)]
+        return f"key_padding_mask must hold 1/true for real tokens and 0/false for padding; found {odd.tolist()[:8]}."
+
+    binary = ((key_padding_mask == 0) | (key_padding_mask == 1)).all()
+    check_that(binary, "key_padding_mask must hold 1/true for real tokens and 0/false for padding.", found)
+
+
+def _check_log_decay(index: int, log_decay: torch.Tensor) -> None:
+    def found() -> str:
+        bad = (~(log_decay <= 0)).nonzero()[0].tolist()
+        return (
+            f"log_decays[{index}] must hold log-decays <= 0 (decays in (0, 1]), not NaN; found "
+            f"{log_decay[tuple(bad)].item()} at (batch, head, token) {tuple(bad)}."
+        )
+
+    values = log_decay[..., :1] if _is_constant_along_length(log_decay) else log_decay
+    check_that((values <= 0).all(), f"log_decays[{index}] must hold log-decays <= 0 (decays in (0, 1]), not NaN.", found)
+
+
+def _check_permutation(index: int, order: torch.Tensor) -> None:
+    """Once per order tensor (and again after an in-place change): a permutation of the token indices."""
+    # Inference tensors have no version counter to notice an in-place change by: they are checked every time.
+    cached = not is_compiling() and not order.is_inference()
+    if cached and _CHECKED_ORDERS.get(order) == order._version:
+        return
+    length = order.shape[0]
+
+    def found() -> str:
+        inside = (order >= 0) & (order < length)
+        counts = torch.bincount(order[inside], minlength=length)
+        outside = order[~inside].tolist()
+        twice = (counts > 1).nonzero().flatten().tolist()
+        missing = (counts == 0).nonzero().flatten().tolist()
+        problems = [(outside, "out of range"), (twice, "repeated"), (missing, "missing")]
+        found = "; ".join(f"{what}: {indices[:8]}" for indices, what in problems if indices)
+        return f"orders[{index}] must be a permutation of 0..{length - 1} (the token visited at each step); {found}."
+
+    steps = torch.arange(length, device=order.device)
+    check_that((order.sort().values == steps).all(), f"orders[{index}] must be a permutation of 0..{length - 1}.", found)
+    if cached:
+        _CHECKED_ORDERS[order] = order._version
+
+
+def _bounded_log_decays(log_decays, key_padding_mask) -> list[torch.Tensor]:
+    """Log-decays at or above ``_MIN_LOG_DECAY``, and 0 where non-finite outside a row's run of real tokens."""
+    spanned = None if key_padding_mask is None else _spanned_by_real_tokens(key_padding_mask)[:, None, :]
+    bounded = []
+    for log_decay in log_decays:
+        if _is_constant_along_length(log_decay):
+            # Still stride 0 along the tokens, so that it keeps the closed form.
+            bounded.append(log_decay[..., :1].clamp(min=_MIN_LOG_DECAY).expand(log_decay.shape))
+            continue
+        log_decay = log_decay.clamp(min=_MIN_LOG_DECAY)
+        if spanned is not None:
+            log_decay = torch.where(spanned | log_decay.isfinite(), log_decay, 0.0)
+        bounded.append(log_decay)
+    return bounded
+
+
+def _spanned_by_real_tokens(key_padding_mask: torch.Tensor) -> torch.Tensor:
+    """``(B, N)``: the tokens from a row's first real token to its last, the only ones whose decays a real token's
+    mask uses."""
+    return key_padding_mask.cummax(1).values & key_padding_mask.flip(1).cummax(1).values.flip(1)
 
 
 def _compute_dtype(q: torch.Tensor) -> torch.dtype:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -25,7 +27,14 @@ from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs, maybe_install_capturing_hooks
 
 from .configuration_lion import LionConfig
-from .lion_attention import ATTENTION_FORMS, check_attention_settings, lion_attention, lion_attention_weights
+from .lion_attention import (
+    ATTENTION_FORMS,
+    check_attention_settings,
+    check_that,
+    is_compiling,
+    lion_attention,
+    lion_attention_weights,
+)
 
 logger = logging.get_logger(__name__)
 # The original text models normalise the heads' output (layer_norm_after) with PyTorch's default LayerNorm eps.
@@ -49,10 +58,6 @@ def _silu_shift_l2(x: torch.Tensor) -> torch.Tensor:
 
 
 FEATURE_MAP_FUNCTIONS = {"identity": lambda x: x, "elu_plus_one": _elu_plus_one, "silu_shift_l2": _silu_shift_l2}
-
-
-def _is_compiling() -> bool:
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
 def snake_orders(rows: int, cols: int, num_prefix_tokens: int = 1, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,13 +115,20 @@ class LionMixer(nn.Module):
         ``output_attentions``, the masked (and, where the model normalises, row-normalised) scores ``(B, H, N, N)``."""
         config = self.config
         dropout = config.attention_probs_dropout_prob if self.training else 0.0
-        if dropout > 0 and config.attention_form != "parallel" and not _is_compiling():
+        if dropout > 0 and config.attention_form != "parallel" and not is_compiling():
             logger.warning_once(
                 f"attention_probs_dropout_prob={dropout} is applied only in the 'parallel' form; the "
                 f"'{config.attention_form}' form trains without score dropout."
             )
         log_decays = self.log_decays(gate_input, num_prefix_tokens)
-        options = dict(normalize=config.normalize_attention, eps=config.attention_eps, key_padding_mask=key_padding_mask)
+        # Valid by construction: decays from logsigmoid / log(1 - sigmoid + eps), orders from snake_orders, and the
+        # mask checked once per forward (_key_padding_mask); the operator need not read them back on the host.
+        options = dict(
+            normalize=config.normalize_attention,
+            eps=config.attention_eps,
+            key_padding_mask=key_padding_mask,
+            check_values=False,
+        )
         out = lion_attention(
             q * self.scale,
             k,
@@ -154,6 +166,8 @@ class LionTextEmbeddings(nn.Module):
     def forward(self, input_ids, token_type_ids, position_ids, inputs_embeds):
         if inputs_embeds is None:
             inputs_embeds = self.word_embeddings(input_ids)
+        # In the weights' dtype, as pixel_values are (float64 embeddings would otherwise fail in the LayerNorm).
+        inputs_embeds = inputs_embeds.to(self.word_embeddings.weight.dtype)
         embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids) + self.position_embeddings(position_ids)
         return self.dropout(self.LayerNorm(embeddings))
 
@@ -256,6 +270,8 @@ class LionPatchEmbeddings(nn.Module):
                 f"config.num_channels={self.num_channels}; got shape {tuple(pixel_values.shape)}."
             )
         height, width = pixel_values.shape[-2:]
+        if not height or not width:
+            raise ValueError(f"Image size {height}x{width} has no pixels; resize to a multiple of {self.patch_size}.")
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(
                 f"Image size {height}x{width} is not divisible by patch_size={self.patch_size}; resize or pad to a "
@@ -426,6 +442,18 @@ class LionPreTrainedModel(PreTrainedModel):
         elif isinstance(module, LionLMPredictionHead):
             init.zeros_(module.bias)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' ``from_pretrained``, naming a weights file that does not parse (safetensors does not)."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as error:
+            damaged = _unreadable_safetensors(pretrained_model_name_or_path) or "its safetensors weights"
+            raise OSError(
+                f"Cannot load {str(pretrained_model_name_or_path)!r}: {damaged} cannot be read ({error}); the file is "
+                "truncated or damaged: save or download it again."
+            ) from error
+
     def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
         """LION has one attention of its own; transformers' softmax implementations do not apply."""
         if requested_attention not in (None, "eager"):
@@ -495,18 +523,22 @@ class LionModel(LionPreTrainedModel):
         return self._forward_text(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_attentions)
 
     def _forward_text(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, output_attentions):
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Specify exactly one of input_ids or inputs_embeds.")
-        shape = tuple(input_ids.shape) if input_ids is not None else tuple(inputs_embeds.shape[:-1])
-        if len(shape) != 2:
-            raise ValueError(f"input_ids must be (batch, length), got shape {shape}.")
+        shape = _text_input_shape(input_ids, inputs_embeds, self.config.hidden_size)
         batch, length = shape
         device = input_ids.device if input_ids is not None else inputs_embeds.device
+        if length == 0:
+            raise ValueError(f"The input has no tokens (shape {shape}); a text LionModel needs at least one token per row.")
         if length > self.config.max_position_embeddings:
             raise ValueError(
                 f"Sequence length {length} exceeds max_position_embeddings={self.config.max_position_embeddings}; "
                 "truncate the input (e.g. tokenizer(..., truncation=True))."
             )
+        for name, ids in (("token_type_ids", token_type_ids), ("position_ids", position_ids)):
+            if ids is not None and tuple(ids.shape) not in (shape, (1, length)):
+                shared = f" (or (1, {length}), one row for the whole batch)" if batch != 1 else ""
+                raise ValueError(
+                    f"{name} must have shape (batch, length) = {shape} like the input{shared}; got {tuple(ids.shape)}."
+                )
         key_padding_mask = None
         if attention_mask is not None:
             key_padding_mask = _key_padding_mask(attention_mask, shape)
@@ -540,22 +572,78 @@ class LionModel(LionPreTrainedModel):
         return BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=pooled)
 
 
+def _text_input_shape(input_ids, inputs_embeds, hidden_size: int) -> tuple[int, int]:
+    """``(batch, length)`` of exactly one of ``input_ids`` ``(B, N)`` and ``inputs_embeds`` ``(B, N, hidden)``."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("Specify exactly one of input_ids or inputs_embeds.")
+    if input_ids is not None:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}.")
+        return tuple(input_ids.shape)
+    if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != hidden_size:
+        raise ValueError(
+            f"inputs_embeds must be (batch, length, hidden_size={hidden_size}), got shape {tuple(inputs_embeds.shape)}."
+        )
+    return tuple(inputs_embeds.shape[:2])
+
+
+# What a mask must be, in the words of both checks: eager (a ValueError naming the rows or values found) and
+# compiled (an assertion in the graph, one message for all).
+MASK_CONTRACT = (
+    "attention_mask must hold 1 for real tokens and 0 for padding (any dtype, as a tokenizer returns it), with one "
+    "contiguous run of at least one real token per row (right or left padding)"
+)
+
+
 def _key_padding_mask(attention_mask: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """The boolean mask of real tokens, after checking ``MASK_CONTRACT``: one host sync in eager mode, none
+    under torch.compile (see ``check_that``)."""
     if tuple(attention_mask.shape) != shape:
         raise ValueError(
             f"attention_mask must have shape (batch, length) = {shape} like input_ids, got {tuple(attention_mask.shape)}."
         )
     mask = attention_mask.bool()
-    if not _is_compiling():
-        # A LION-S decay runs through every token between two real ones, so real tokens must be contiguous.
-        runs = mask[:, :1].long() + (mask[:, 1:] & ~mask[:, :-1]).long().sum(1, keepdim=True)
-        bad = (runs > 1).flatten().nonzero().flatten().tolist()
-        if bad:
-            raise ValueError(
-                f"attention_mask rows {bad} have gaps; each row must mark one contiguous run of real tokens "
-                "(right or left padding)."
-            )
+    # A LION-S decay runs through every token between two real ones, so real tokens must be contiguous.
+    runs = mask[:, :1].long() + (mask[:, 1:] & ~mask[:, :-1]).long().sum(1, keepdim=True)
+    holds = (runs == 1).all()
+    if attention_mask.dtype != torch.bool:
+        # Read with .bool(), an additive mask (0 for real tokens, -inf or -1e4 for padding) would swap the two.
+        holds = holds & ((attention_mask == 0) | (attention_mask == 1)).all()
+    check_that(holds, MASK_CONTRACT + ".", lambda: _mask_problem(attention_mask, runs.flatten()))
     return mask
+
+
+def _mask_problem(attention_mask: torch.Tensor, runs: torch.Tensor) -> str:
+    """What is wrong with a mask that fails ``MASK_CONTRACT``, naming the values or rows."""
+    values = attention_mask.unique()
+    odd = values[(values != 0) & (values != 1)].tolist()
+    if odd:
+        return (
+            f"attention_mask must hold 1 for real tokens and 0 for padding (any dtype); found {odd[:8]}. An additive "
+            "mask (0 for real tokens, a large negative number for padding) reads as the opposite: pass "
+            "(mask == 0).long() instead."
+        )
+    empty = (runs == 0).nonzero().flatten().tolist()
+    if empty:
+        return f"attention_mask rows {empty} have no real token; every row needs at least one."
+    gaps = (runs > 1).nonzero().flatten().tolist()
+    return (
+        f"attention_mask rows {gaps} have gaps; each row must mark one contiguous run of real tokens "
+        "(right or left padding)."
+    )
+
+
+def _unreadable_safetensors(location) -> str:
+    """The safetensors files of a local folder whose header does not parse, for an error message."""
+    folder = Path(location)
+    damaged = []
+    for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else ():
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except SafetensorError:
+            damaged.append(path.name)
+    return ", ".join(damaged)
 
 
 def _class_labels(labels: torch.Tensor) -> torch.Tensor:
