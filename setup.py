@@ -1,6 +1,8 @@
 from setuptools import setup
 
 BENCHMARK_PLOTS = ["matplotlib>=3.7"]
+# The training scripts' metric modules (examples/metrics) compute F1, Matthews and the correlations with these.
+EXAMPLE_METRICS = ["scikit-learn>=1.3", "scipy>=1.10"]
 
 setup(
     name="lion-hf",
@@ -32,8 +34,9 @@ setup(
     ],
     extras_require={
         "bench": BENCHMARK_PLOTS,
+        "examples": [*EXAMPLE_METRICS, *BENCHMARK_PLOTS],
         # Triton runs the fused kernels' tests on the CPU through its interpreter (wheels: Linux only).
-        "dev": ["pytest>=8.0", "triton>=3.6,<4; platform_system == 'Linux'", *BENCHMARK_PLOTS],
+        "dev": ["pytest>=8.0", "triton>=3.6,<4; platform_system == 'Linux'", *EXAMPLE_METRICS, *BENCHMARK_PLOTS],
     },
     entry_points={"console_scripts": ["lion-hf=lion_hf.cli:main"]},
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,49 @@ def fixtures_dir(shared_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def data_dir(shared_dir: Path) -> Path:
     return shared_dir / "data"
+
+
+# The training scripts' tests (tests/test_examples_*.py): small slices of the real data. Their helpers are
+# imported when used, because examples_support puts examples/ on the path.
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(data_dir: Path) -> Path:
+    return data_dir / "tokenizers" / "bert-base-uncased"
+
+
+@pytest.fixture(scope="session")
+def text_data(tmp_path_factory, data_dir: Path) -> dict[str, Path]:
+    """Slices of SST-2 (with its header) and AG News (without one), and a plain-text corpus of SST-2 sentences."""
+    from examples_support import tsv_rows, write_tsv
+
+    folder = tmp_path_factory.mktemp("text")
+    sst2, agnews = data_dir / "text" / "sst2", data_dir / "text" / "agnews" / "dev.tsv"
+    train, dev = tsv_rows(sst2 / "train.tsv", 160, skip_header=True), tsv_rows(sst2 / "dev.tsv", 48, skip_header=True)
+    corpus = folder / "corpus.txt"
+    corpus.write_text("".join(f"{sentence}\n" for sentence, _ in tsv_rows(sst2 / "train.tsv", 400, True)), "utf-8")
+    return {
+        "corpus": corpus,
+        "sst2_train": write_tsv(folder / "sst2_train.tsv", train, ["sentence", "label"]),
+        "sst2_dev": write_tsv(folder / "sst2_dev.tsv", dev, ["sentence", "label"]),
+        "agnews": write_tsv(folder / "agnews.tsv", tsv_rows(agnews, 80, skip_header=False), None),
+    }
+
+
+@pytest.fixture(scope="session")
+def image_data(tmp_path_factory, data_dir: Path) -> dict[str, Path]:
+    """Three CIFAR-10 classes: 12 training and 4 validation images each, in image-folder layout."""
+    from examples_support import IMAGE_CLASSES
+
+    root = tmp_path_factory.mktemp("images")
+    source = data_dir / "images" / "cifar10-mini" / "train"
+    for name in IMAGE_CLASSES:
+        files = sorted((source / name).glob("*.png"))[:16]
+        for split, chosen in (("train", files[:12]), ("validation", files[12:])):
+            (root / split / name).mkdir(parents=True)
+            for file in chosen:
+                shutil.copy(file, root / split / name / file.name)
+    return {"train": root / "train", "validation": root / "validation"}
 
 
 def pytest_sessionfinish(session, exitstatus):

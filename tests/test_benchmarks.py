@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks import report
 from benchmarks.models import timm_available
 
@@ -98,22 +100,22 @@ def test_ratios_are_to_the_fastest_softmax_model_of_the_case():
     assert records[2]["time_ratio"] == 30.0 / 24.0 and records[0]["time_ratio"] == 1.5
 
 
-def test_operator_lengths_and_bad_flags(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    command = [sys.executable, "-m", "benchmarks", "--smoke", "--device", "cpu", "--no-plots", "--out", str(tmp_path)]
-    result = subprocess.run(
-        command + ["--groups", "operator", "--operator-lengths", "16,24"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_operator_lengths_and_bad_flags(tmp_path, capsys):
+    from benchmarks.__main__ import main
+
+    flags = ["--smoke", "--device", "cpu", "--no-plots", "--out", str(tmp_path)]
+    assert main([*flags, "--groups", "operator", "--operator-lengths", "16,24"]) == 0
     records = json.loads((tmp_path / "results.json").read_text())["results"]
     assert {r["seq_len"] for r in records} == {16, 24}
-    for flags, message in [
+    capsys.readouterr()
+    for bad, message in [
         (["--operator-lengths", "16,x"], "expected comma-separated positive integers, got '16,x'"),
         (["--vision-shapes", "ViT-H/14"], "unknown vision shape(s) ['ViT-H/14']; allowed: ViT-B/16, ViT-S/16"),
     ]:
-        result = subprocess.run(command + flags, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-        assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+        with pytest.raises(SystemExit) as exit_info:
+            main([*flags, *bad])
+        assert exit_info.value.code != 0
+        assert message in capsys.readouterr().err + str(exit_info.value.code)
 
 
 def test_long_sequence_groups_run_and_draw(tmp_path):
