@@ -52,7 +52,6 @@ from transformers import AutoModelForImageClassification, Trainer, TrainingArgum
 from transformers.models.auto.image_processing_auto import AutoImageProcessor  # 5.17 exports it only with torchvision
 
 import lion_hf
-from lion_hf.modeling.modeling_lion import DISTILLATION_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +90,7 @@ class DistillationArguments:
         metadata={"help": "An image classifier (folder or Hub id) to distil from; the student must have a "
                   "distillation token (a new LION model gets one)."},
     )  # fmt: skip
-    distillation_type: str = field(default="hard", metadata={"help": f"One of {', '.join(DISTILLATION_TYPES)}."})
+    distillation_type: str = field(default="hard", metadata={"help": f"One of {', '.join(lion_hf.DISTILLATION_TYPES)}."})
     distillation_alpha: float = field(default=0.5, metadata={"help": "Weight of the distillation term, in [0, 1]."})
     distillation_tau: float = field(default=1.0, metadata={"help": "Temperature of the soft distillation."})
 
@@ -173,9 +172,9 @@ def image_processor(model_args: ImageModelArguments, image_size: int):
 
 
 def load_teacher(distill_args: DistillationArguments, model_args: ImageModelArguments, student_config):
-    if distill_args.distillation_type not in DISTILLATION_TYPES:
+    if distill_args.distillation_type not in lion_hf.DISTILLATION_TYPES:
         raise InputError(
-            f"Unknown --distillation_type {distill_args.distillation_type!r}; allowed: {', '.join(DISTILLATION_TYPES)}."
+            f"Unknown --distillation_type {distill_args.distillation_type!r}; allowed: {', '.join(lion_hf.DISTILLATION_TYPES)}."
         )
     if not 0 <= distill_args.distillation_alpha <= 1 or distill_args.distillation_tau <= 0:
         raise InputError(

@@ -14,6 +14,7 @@ from .image_processing import lion_image_processor
 from .modeling.configuration_lion import PRESETS, LionConfig
 from .modeling.lion_attention import ATTENTION_BACKENDS, ATTENTION_FORMS, lion_attention, lion_attention_weights
 from .modeling.modeling_lion import (
+    DISTILLATION_TYPES,
     TEXT_AUTO_CLASSES,
     VISION_AUTO_CLASSES,
     LionForImageClassification,
@@ -67,6 +68,7 @@ __all__ = [
     "LionModel",
     "LionPreTrainedModel",
     "Provenance",
+    "DISTILLATION_TYPES",
     "distillation_loss",
     "export_folder",
     "lion_attention",

@@ -37,6 +37,14 @@ from .lion_attention import (
 )
 
 logger = logging.get_logger(__name__)
+
+DISTILLATION_TYPES = ("hard", "soft")
+# What a mask must be, in the words of both checks: eager (a ValueError naming the rows or values found) and
+# compiled (an assertion in the graph, one message for all).
+MASK_CONTRACT = (
+    "attention_mask must hold 1 for real tokens and 0 for padding (any dtype, as a tokenizer returns it), with one "
+    "contiguous run of at least one real token per row (right or left padding)"
+)
 # The original text models normalise the heads' output (layer_norm_after) with PyTorch's default LayerNorm eps.
 HEADS_LAYER_NORM_EPS = 1e-5
 # How LION's own switches are named where a user asks for transformers' attention implementations.
@@ -587,14 +595,6 @@ def _text_input_shape(input_ids, inputs_embeds, hidden_size: int) -> tuple[int, 
     return tuple(inputs_embeds.shape[:2])
 
 
-# What a mask must be, in the words of both checks: eager (a ValueError naming the rows or values found) and
-# compiled (an assertion in the graph, one message for all).
-MASK_CONTRACT = (
-    "attention_mask must hold 1 for real tokens and 0 for padding (any dtype, as a tokenizer returns it), with one "
-    "contiguous run of at least one real token per row (right or left padding)"
-)
-
-
 def _key_padding_mask(attention_mask: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """The boolean mask of real tokens, after checking ``MASK_CONTRACT``: one host sync in eager mode, none
     under torch.compile (see ``check_that``)."""
@@ -925,9 +925,6 @@ class LionImageClassifierWithTeacherOutput(ModelOutput):
     distillation_logits: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
-
-
-DISTILLATION_TYPES = ("hard", "soft")
 
 
 def distillation_loss(
