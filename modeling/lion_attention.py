@@ -48,7 +48,8 @@ tensor: the result is cached by identity and version), a non-bool ``key_padding_
 those reads one boolean on the host; under ``torch.compile`` they are asynchronous assertions in the graph (a
 ``RuntimeError`` when the graph runs; on CUDA a device-side assert). The models pass ``check_values=False``: their
 log-decays come from ``logsigmoid`` / ``log(1 - sigmoid + eps)``, their orders from ``snake_orders`` and their masks
-are checked once per forward by the model.
+are checked once per forward by the model (0/1, one contiguous run of real tokens per row, so that a row's padding
+is exactly what lies outside that run: with ``check_values=False`` the operator takes the mask as that run).
 
 Padding. Keys and values of padded tokens are selected away, never multiplied by 0, and a non-finite log-decay of a
 token outside the row's run of real tokens is replaced by 0, so that NaN or inf there reaches no real token (no
@@ -166,7 +167,8 @@ def lion_attention(
         backend: ``"auto"`` (the first implementation in ``IMPLEMENTATIONS`` that can run the inputs, unless
             ``$LION_HF_ATTENTION_BACKEND`` names one) or the name of one backend.
         check_values: check the values of ``log_decays``, ``orders`` and a non-bool ``key_padding_mask`` (see
-            "Checks" in the module docstring); ``False`` for inputs that are valid by construction.
+            "Checks" in the module docstring); ``False`` for inputs that are valid by construction, a
+            ``key_padding_mask`` included (one contiguous run of real tokens per row).
 
     Returns:
         ``(B, H, N, Dv)`` in the compute dtype: the autocast dtype under autocast, else the dtype of ``q``.
@@ -275,7 +277,11 @@ def _checked_inputs(q, k, v, log_decays, orders, key_padding_mask, check_values)
         key_padding_mask = key_padding_mask.bool()
     if log_decays is None:
         return None, key_padding_mask
-    log_decays = _bounded_log_decays(log_decays, key_padding_mask)
+    # A valid mask marks one run per row, which is then its own span: no need to find the span on every call.
+    spanned = key_padding_mask
+    if check_values and key_padding_mask is not None:
+        spanned = _spanned_by_real_tokens(key_padding_mask)
+    log_decays = _bounded_log_decays(log_decays, spanned)
     if check_values:
         for index, log_decay in enumerate(log_decays):
             _check_log_decay(index, log_decay)
@@ -373,9 +379,10 @@ def _check_permutation(index: int, order: torch.Tensor) -> None:
         _CHECKED_ORDERS[order] = order._version
 
 
-def _bounded_log_decays(log_decays, key_padding_mask) -> list[torch.Tensor]:
-    """Log-decays at or above ``_MIN_LOG_DECAY``, and 0 where non-finite outside a row's run of real tokens."""
-    spanned = None if key_padding_mask is None else _spanned_by_real_tokens(key_padding_mask)[:, None, :]
+def _bounded_log_decays(log_decays, spanned) -> list[torch.Tensor]:
+    """Log-decays at or above ``_MIN_LOG_DECAY``, and 0 where non-finite outside ``spanned`` ``(B, N)``: the tokens
+    from each row's first real token to its last (``None``: no padding)."""
+    spanned = None if spanned is None else spanned[:, None, :]
     bounded = []
     for log_decay in log_decays:
         if _is_constant_along_length(log_decay):

@@ -137,8 +137,9 @@ class LionMixer(nn.Module):
             key_padding_mask=key_padding_mask,
             check_values=False,
         )
+        q = q * self.scale
         out = lion_attention(
-            q * self.scale,
+            q,
             k,
             v,
             log_decays,
@@ -151,7 +152,7 @@ class LionMixer(nn.Module):
             **options,
         )
         # The matrix that every form multiplies the values with, built on request only: it is N x N.
-        weights = lion_attention_weights(q * self.scale, k, log_decays, orders, **options) if output_attentions else None
+        weights = lion_attention_weights(q, k, log_decays, orders, **options) if output_attentions else None
         batch, _, length, _ = out.shape
         return out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim), weights
 
