@@ -36,7 +36,8 @@ def _info(args: argparse.Namespace) -> int:
         print("cuda          not available (CPU only)")
     triton = "installed" if importlib.util.find_spec("triton") is not None else "not installed"
     print(f"triton        {triton}")
-    print("attention     what computes each form here, in the order attention_backend='auto' tries them:")
+    print("attention     what computes each form (and the feature maps) here, in the order attention_backend='auto' "
+          "tries them:")
     for device, dtype in _probe_settings(torch):
         fake = " (no GPU here: from fake CUDA tensors)" if device == "cuda" and not torch.cuda.is_available() else ""
         print(f"  on {device} {str(dtype).removeprefix('torch.')}{fake}:")
@@ -63,6 +64,7 @@ def _implementations_for(device: str, dtype) -> list[tuple[str, str, str | None]
     import torch
 
     from lion_hf.modeling.lion_attention import IMPLEMENTATIONS
+    from lion_hf.modeling.modeling_lion import fused_feature_map_unsupported
 
     if device == "cuda" and not torch.cuda.is_available():
         # The dispatch reads only the inputs' device, dtype and shape, which fake tensors have without a GPU.
@@ -77,6 +79,8 @@ def _implementations_for(device: str, dtype) -> list[tuple[str, str, str | None]
     for implementation in IMPLEMENTATIONS:
         reason = implementation.unsupported(q, q, q, None, None, **options)
         rows.append((implementation.form, implementation.backend, reason))
+    # The feature maps of queries and keys (silu_shift_l2 standing for both), chosen by the same backend setting.
+    rows += [("features", "triton", fused_feature_map_unsupported("silu_shift_l2", q)), ("features", "pytorch", None)]
     return rows
 
 

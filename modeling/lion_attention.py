@@ -250,9 +250,7 @@ class AttentionImplementation:
 
 def select_implementation(form: str, backend: str, *args, **options) -> AttentionImplementation:
     """The implementation that runs ``form`` for these inputs (the arguments of ``AttentionImplementation.run``)."""
-    if backend == "auto":
-        backend = os.environ.get(BACKEND_ENVIRONMENT_VARIABLE, "auto") or "auto"
-        check_choice(f"${BACKEND_ENVIRONMENT_VARIABLE}", backend, ATTENTION_BACKENDS)
+    backend = resolved_backend(backend)
     reasons = []
     for implementation in IMPLEMENTATIONS:
         if implementation.form != form or backend not in ("auto", implementation.backend):
@@ -262,6 +260,20 @@ def select_implementation(form: str, backend: str, *args, **options) -> Attentio
             return implementation
         reasons.append(f"{implementation.backend}: {reason}")
     raise ValueError(f"No {backend!r} implementation of the {form!r} form can run these inputs ({'; '.join(reasons)}).")
+
+
+def resolved_backend(backend: str) -> str:
+    """``backend``, or for ``"auto"`` the one ``$LION_HF_ATTENTION_BACKEND`` names (``"auto"`` when unset)."""
+    if backend == "auto":
+        backend = os.environ.get(BACKEND_ENVIRONMENT_VARIABLE, "auto") or "auto"
+        check_choice(f"${BACKEND_ENVIRONMENT_VARIABLE}", backend, ATTENTION_BACKENDS)
+    return backend
+
+
+def fused_kernels_may_run(x: torch.Tensor, backend: str) -> bool:
+    """Whether the fused kernels may take ``x`` in this call: eager, a backend other than ``"pytorch"``, a device
+    they run on. (Each kernel then checks what else it needs.)"""
+    return not is_compiling() and resolved_backend(backend) != "pytorch" and kernel_device_reason(x) is None
 
 
 def _runs_anywhere(*args, **options) -> None:
@@ -796,7 +808,7 @@ def _scan(leaving: torch.Tensor, decay: torch.Tensor, reverse: bool) -> torch.Te
 # Triton, which a checkpoint must load without.
 
 
-def _kernel_device_reason(q: torch.Tensor) -> str | None:
+def kernel_device_reason(q: torch.Tensor) -> str | None:
     # Checked before importing: a CPU run without the interpreter never loads Triton.
     if q.device.type != "cuda" and not (q.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"):
         return f"{q.device.type} tensors (the kernels run on CUDA, or on the CPU through TRITON_INTERPRET=1)"
@@ -810,7 +822,7 @@ def _triton_parallel(*args, **options) -> torch.Tensor:
 
 
 def _triton_parallel_unsupported(q, *args, **options) -> str | None:
-    reason = _kernel_device_reason(q)
+    reason = kernel_device_reason(q)
     if reason is not None:
         return reason
     try:
@@ -824,7 +836,7 @@ def _triton_chunk(name: str) -> Callable:
     """An entry of lion_triton_chunk.py: the chunk or recurrent form, or the check of what they can run."""
 
     def call(q, *args, **options):
-        if name == "unsupported" and (reason := _kernel_device_reason(q)) is not None:
+        if name == "unsupported" and (reason := kernel_device_reason(q)) is not None:
             return reason
         from .lion_triton_chunk import ENTRIES
 

@@ -34,6 +34,7 @@ Triton's interpreter, which is how the tests exercise them without a GPU.
 import re
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 try:
     import triton
@@ -49,6 +50,17 @@ MAX_DROPOUT_LENGTH = 46340
 MAX_BATCH_HEADS = 65535
 
 _LOG2E = tl.constexpr(1.4426950408889634)
+
+
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` in plain Python: ``triton.cdiv`` is a constexpr function whose wrapper costs microseconds
+    per call on the host, and a training step makes hundreds of these calls."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= ``n`` (>= 1), in plain Python (see ``cdiv``)."""
+    return 1 << max(n - 1, 0).bit_length()
 
 
 def is_interpreted() -> bool:
@@ -401,8 +413,8 @@ def _flags(q, v, positions, distance, u_lo, padding, dropout_p, normalize) -> di
         DROPOUT=dropout_p > 0.0,
         NORMALIZE=normalize,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        BLOCK_D=max(16, triton.next_power_of_2(q.shape[-1])),
-        BLOCK_DV=max(16, triton.next_power_of_2(v.shape[-1])),
+        BLOCK_D=max(16, next_power_of_2(q.shape[-1])),
+        BLOCK_DV=max(16, next_power_of_2(v.shape[-1])),
     )
 
 
@@ -437,7 +449,7 @@ def _forward(q, k, v, padding, positions, distance, u, w, u_lo, w_lo, seed, drop
     config = _blocks("forward", length, q.dtype)
     path_stride, batch_stride = _decay_strides(distance, u)
     threshold, scale = _dropout_arguments(dropout_p)
-    _forward_kernel[(triton.cdiv(length, config["BLOCK_M"]), batch * heads)](
+    _forward_kernel[(cdiv(length, config["BLOCK_M"]), batch * heads)](
         q, k, v, out, z if normalize else q, *_pointers(q, padding, positions, distance, u, w, u_lo, w_lo, seed),
         heads, length, dim, value_dim, path_stride, batch_stride, eps, threshold, scale,
         **_flags(q, v, positions, distance, u_lo, padding, dropout_p, normalize), **config,
@@ -463,13 +475,13 @@ def _backward(grad_out, q, k, v, out, z, padding, positions, distance, u, w, u_l
     flags = _flags(q, v, positions, distance, u_lo, padding, dropout_p, normalize)
     pointers = _pointers(q, padding, positions, distance, u, w, u_lo, w_lo, seed)
     config = _blocks("backward_q", length, q.dtype)
-    _backward_q_kernel[(triton.cdiv(length, config["BLOCK_M"]), batch * heads)](
+    _backward_q_kernel[(cdiv(length, config["BLOCK_M"]), batch * heads)](
         q, k, v, out, z, dy, inv, delta, dq, grad_u, grad_w, *pointers,
         heads, length, dim, value_dim, path_stride, batch_stride, eps, threshold, scale, **flags, **config,
     )  # fmt: skip
     # After the query kernel on the same stream: it reads the normaliser terms and row sums that kernel left.
     config = _blocks("backward_kv", length, q.dtype)
-    _backward_kv_kernel[(triton.cdiv(length, config["BLOCK_N"]), batch * heads)](
+    _backward_kv_kernel[(cdiv(length, config["BLOCK_N"]), batch * heads)](
         q, k, v, dy, inv, delta, dk, dv, grad_u, grad_w, *pointers,
         heads, length, dim, value_dim, path_stride, batch_stride, threshold, scale, **flags, **config,
     )  # fmt: skip
@@ -564,20 +576,65 @@ _forward_op.register_autograd(_backward_of_forward_op, setup_context=_setup_cont
 
 
 class _EagerAttention(torch.autograd.Function):
-    """The same forward and backward as the operators, for eager mode: an ``autograd.Function`` costs about half
-    the host time of a ``torch.library`` operator with autograd (measured on the CPU: 52 against 108 us per
-    forward + backward, kernels stubbed), which a training step pays once per layer."""
+    """The same forward and backward as the operators, for eager mode, with the decay terms inside: the running
+    sums, their float32 split and the path orders are formed here without autograd, and the backward turns the
+    kernels' gradients of the sums into those of the log-decays itself (reversed running sums, gathers by the
+    inverse orders). A training step pays the host time of every autograd node once per layer and twice with the
+    backward; here the decays add none, and the backward of the orders' indexing (an atomic scatter) is gone."""
 
     @staticmethod
-    def forward(ctx, q, k, v, padding, positions, distance, u, w, u_lo, w_lo, seed, dropout_p, normalize, eps):
-        out, z = _forward(q, k, v, padding, positions, distance, u, w, u_lo, w_lo, seed, dropout_p, normalize, eps)
-        ctx.save_for_backward(q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed)
-        ctx.options = (dropout_p, normalize, eps)
+    def forward(ctx, q, k, v, padding, seed, options, orders, *log_decays):
+        terms = _decay_terms(q, log_decays or None, orders)
+        out, z = _forward(q, k, v, padding, *terms, seed, *options)
+        ctx.save_for_backward(q, k, v, out, z, padding, *terms, seed)
+        ctx.options, ctx.orders = options, orders
+        ctx.decays = [(log_decay.shape, log_decay.dtype) for log_decay in log_decays]
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        return (*_input_gradients(ctx.saved_tensors, grad_out, ctx.options, _backward), None, None, None)
+        q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed = ctx.saved_tensors
+        dq, dk, dv, grad_distance, grad_u, grad_w = _backward(
+            grad_out, q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed, *ctx.options
+        )
+        if distance is not None:
+            grads = [_constant_gradient(g, *decay) for g, decay in zip(grad_distance, ctx.decays)]
+        elif u is not None:
+            accumulate = torch.float64 if q.dtype == torch.float32 else torch.float32
+            grads = [
+                _running_sums_gradient(gu, gw, order, *decay, accumulate)
+                for gu, gw, order, decay in zip(grad_u, grad_w, ctx.orders, ctx.decays)
+            ]
+        else:
+            grads = []
+        return dq, dk, dv, None, None, None, None, *grads
+
+
+def _summed_to(grad: torch.Tensor, batch: int) -> torch.Tensor:
+    """A gradient over the batch summed to a decay that the batch shares (``batch`` 1)."""
+    return grad.sum(0, keepdim=True) if batch == 1 and grad.shape[0] != 1 else grad
+
+
+def _constant_gradient(grad: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """The gradient ``(B or 1, H)`` of a log-decay that is constant along the tokens, as the gradient of the
+    ``(B or 1, H, N)`` tensor it was passed as (stride 0 along the tokens): all of it on the first token, since
+    the expansion's backward sums over the tokens."""
+    full = grad.new_zeros(shape, dtype=dtype)
+    full[..., 0] = _summed_to(grad, shape[0])
+    return full
+
+
+def _running_sums_gradient(grad_u, grad_w, order, shape, dtype, accumulate) -> torch.Tensor:
+    """The gradient of the log-decays from those of their exclusive (``u``) and inclusive (``w``) running sums
+    along the path (all in token order): step ``m`` of the path is in ``u`` of every later step and in ``w`` of
+    itself and every later step."""
+    grad_u, grad_w = grad_u.to(accumulate), grad_w.to(accumulate)
+    if order is not None:
+        grad_u, grad_w = grad_u[..., order], grad_w[..., order]
+    later = (grad_u + grad_w).flip(-1).cumsum(-1).flip(-1) - grad_u
+    if order is not None:
+        later = later[..., _steps(order)]
+    return _summed_to(later, shape[0]).to(dtype)
 
 
 # ---------------------------------------------------------------------------------------- the entry point
@@ -606,16 +663,15 @@ def unsupported(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_
 
 def parallel_attention(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_padding_mask, dropout_p):
     """The parallel form through the fused kernels (``AttentionImplementation.run`` of ``lion_attention``)."""
-    terms = _decay_terms(q, log_decays, orders)
     seed = None
     if dropout_p > 0.0:
         # Drawn from torch's generator: torch.manual_seed reproduces the dropout, and recomputation under
         # activation checkpointing (which restores the generator) draws the same mask.
         seed = torch.randint(0, 2**62, (1,), device=q.device, dtype=torch.int64)
-    args = (q, k, v, key_padding_mask, *terms, seed, dropout_p, normalize, eps)
     if torch.compiler.is_compiling():
-        return _forward_op(*args)[0]
-    return _EagerAttention.apply(*args)
+        terms = _decay_terms(q, log_decays, orders)
+        return _forward_op(q, k, v, key_padding_mask, *terms, seed, dropout_p, normalize, eps)[0]
+    return _EagerAttention.apply(q, k, v, key_padding_mask, seed, (dropout_p, normalize, eps), orders, *(log_decays or ()))
 
 
 def _decay_terms(q, log_decays, orders):
@@ -630,10 +686,10 @@ def _decay_terms(q, log_decays, orders):
     if log_decays is None:
         return None, None, None, None, None, None
     length = q.shape[2]
-    steps = [None if order is None else torch.argsort(order) for order in orders]
+    steps = [None if order is None else _steps(order) for order in orders]
     positions = _stack(
-        [torch.arange(length, device=q.device) if s is None else s for s in steps], torch.float32
-    ).contiguous()
+        [_natural_steps(length, q.device) if o is None else _steps(o, torch.float32) for o in orders], torch.float32
+    )
     batch = max(ld.shape[0] for ld in log_decays)
     if all(ld.shape[-1] == 1 or ld.stride(-1) == 0 for ld in log_decays):
         distance = _stack([ld[..., 0].expand(batch, -1) for ld in log_decays], torch.float32).contiguous()
@@ -649,6 +705,34 @@ def _decay_terms(q, log_decays, orders):
     with torch.no_grad():
         u_lo, w_lo = (u - u_hi.double()).to(torch.float32), (w - w_hi.double()).to(torch.float32)
     return positions, None, u_hi, w_hi, u_lo, w_lo
+
+
+_STEPS = WeakIdKeyDictionary()
+_NATURAL_STEPS: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _steps(order: torch.Tensor, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """``argsort(order)`` in ``dtype`` (int64 to index with, float32 for the kernels): the step at which the path
+    visits each token. Kept per order tensor and version, since every layer of a model gets the same orders."""
+    if torch.compiler.is_compiling() or order.is_inference():
+        return torch.argsort(order).to(dtype)
+    cached = _STEPS.get(order)
+    if cached is None or cached[0] != order._version:
+        steps = torch.argsort(order)
+        cached = _STEPS[order] = (order._version, {torch.int64: steps, torch.float32: steps.to(torch.float32)})
+    return cached[1][dtype]
+
+
+def _natural_steps(length: int, device: torch.device) -> torch.Tensor:
+    """``arange(length)`` in float32, kept per length and device (the steps of every path in token order)."""
+    if torch.compiler.is_compiling():
+        return torch.arange(length, device=device, dtype=torch.float32)
+    key = (length, device)
+    if key not in _NATURAL_STEPS:
+        if len(_NATURAL_STEPS) >= 16:
+            _NATURAL_STEPS.clear()
+        _NATURAL_STEPS[key] = torch.arange(length, device=device, dtype=torch.float32)
+    return _NATURAL_STEPS[key]
 
 
 def _stack(tensors: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:

@@ -51,6 +51,8 @@ import torch
 try:
     import triton
     import triton.language as tl
+
+    from .lion_triton import cdiv, next_power_of_2
 except ImportError:  # a checkpoint must load without Triton; unsupported() then names the reason
     triton = tl = None
 
@@ -579,7 +581,7 @@ def _recurrent(
 
 
 def _block(dim: int) -> int:
-    return max(16, triton.next_power_of_2(dim))
+    return max(16, next_power_of_2(dim))
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -611,7 +613,7 @@ def _states_of(x, y, path, chunk, *, key_side, kpm, rs, extra, extra_mode):
     states = x.new_empty(batch * heads, 2, path.chunks, x_dim, y_dim, dtype=torch.float32)
     vec = x.new_empty(batch * heads, 2, path.chunks, x_dim, dtype=torch.float32)
     block_v = min(_block(y_dim), 32)
-    grid = (triton.cdiv(y_dim, block_v), batch * heads, 2)
+    grid = (cdiv(y_dim, block_v), batch * heads, 2)
     rows = min(chunk, _ROWS)
     _states[grid](
         x, y, extra if extra is not None else x, rs if rs is not None else x, path.sums, path.log_decay,
@@ -629,12 +631,12 @@ def _total_of(x, y, *, kpm, rs, extra, extra_mode):
     batch, heads, length, x_dim = x.shape
     y_dim = y.shape[-1]
     rows = _ROWS
-    blocks = triton.cdiv(length, rows)
+    blocks = cdiv(length, rows)
     block_v = min(_block(y_dim), 32)
-    columns = triton.cdiv(y_dim, block_v)
+    columns = cdiv(y_dim, block_v)
     # Enough programs for every multiprocessor a few times over; the parts are summed below.
-    per_split = triton.cdiv(blocks, max(1, 512 // (batch * heads * columns)))
-    splits = triton.cdiv(blocks, per_split)
+    per_split = cdiv(blocks, max(1, 512 // (batch * heads * columns)))
+    splits = cdiv(blocks, per_split)
     parts = x.new_empty(batch * heads, splits, x_dim, y_dim, dtype=torch.float32)
     vec = x.new_zeros(batch * heads, splits, x_dim, dtype=torch.float32)
     _total[(columns, batch * heads, splits)](
@@ -656,7 +658,7 @@ def _forward(q, k, v, log_decays, orders, kpm, chunk, normalize, eps):
                   PRECISION=_precision(q.dtype), num_warps=_warps(rows))  # fmt: skip
     if not log_decays:
         total, vec = _total_of(k, v, kpm=kpm, rs=None, extra=None, extra_mode=1 if normalize else 0)
-        grid = (triton.cdiv(length, rows), batch * heads)
+        grid = (cdiv(length, rows), batch * heads)
         _output[grid](
             q, k, v, q, q, q, kpm if kpm is not None else q, total, vec, out, out, mean_den, mean_den,
             heads, length, 1, dim, value_dim, 0, 1, eps,
@@ -701,7 +703,7 @@ def _backward(grad, q, k, v, out, mean_den, log_decays, orders, kpm, chunk, norm
         rs = 1.0 / (paths * (mean_den + eps))
         dd = torch.empty_like(rs)
         rows = 32
-        _row_dot[(triton.cdiv(batch * heads * length, rows),)](
+        _row_dot[(cdiv(batch * heads * length, rows),)](
             grad, out, rs, dd, batch * heads * length, value_dim, BR=rows, BC=_block(value_dim), num_warps=4
         )
     else:
@@ -715,7 +717,7 @@ def _backward(grad, q, k, v, out, mean_den, log_decays, orders, kpm, chunk, norm
     if not log_decays:
         total, vec = _total_of(k, v, kpm=kpm, rs=None, extra=None, extra_mode=1 if normalize else 0)
         gtotal, gvec = _total_of(q, grad, kpm=None, rs=rs, extra=dd, extra_mode=extra_mode)
-        _gradients[(triton.cdiv(length, rows), batch * heads)](
+        _gradients[(cdiv(length, rows), batch * heads)](
             q, k, v, grad, rs, dd, q, q, q, kpm if kpm is not None else q, total, vec, gtotal, gvec,
             dq, dk, dv, dq, dk, dv, q, q, heads, length, 1, dim, value_dim, 0,
             C=rows, HAS_DECAY=False, HAS_ORDER=False, FIRST=True, LAST=True, **common,
@@ -754,7 +756,7 @@ def _recurrent_forward(q, k, v, log_decays, orders, kpm, chunk, normalize, eps):
     # A single path keeps what sweep 1 leaves each token in the output itself; several add up in float32.
     acc = out if paths == 1 else torch.empty(out.shape, dtype=torch.float32, device=q.device)
     block_v = min(_block(value_dim), 64)
-    columns = triton.cdiv(value_dim, block_v)
+    columns = cdiv(value_dim, block_v)
     den = q.new_empty((columns, batch * heads, length) if normalize else (0,), dtype=torch.float32)
     rows = min(chunk, _ROWS)
     for index, (log_decay, order) in enumerate(zip(log_decays, orders)):

@@ -31,7 +31,9 @@ from .lion_attention import (
     ATTENTION_FORMS,
     check_attention_settings,
     check_that,
+    fused_kernels_may_run,
     is_compiling,
+    kernel_device_reason,
     lion_attention,
     lion_attention_weights,
 )
@@ -68,6 +70,29 @@ def _silu_shift_l2(x: torch.Tensor) -> torch.Tensor:
 FEATURE_MAP_FUNCTIONS = {"identity": lambda x: x, "elu_plus_one": _elu_plus_one, "silu_shift_l2": _silu_shift_l2}
 
 
+def apply_feature_map(name: str, x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """``FEATURE_MAP_FUNCTIONS[name](x)``, through one fused kernel each way where the backend allows it and the
+    kernel can take ``x`` (eager, CUDA or the interpreter, contiguous), else in PyTorch."""
+    if name != "identity" and fused_kernels_may_run(x, backend) and fused_feature_map_unsupported(name, x) is None:
+        from .lion_triton_features import feature_map
+
+        return feature_map(name, x)
+    return FEATURE_MAP_FUNCTIONS[name](x)
+
+
+def fused_feature_map_unsupported(name: str, x: torch.Tensor) -> str | None:
+    """Why the fused kernel cannot apply feature map ``name`` to ``x``, or ``None``."""
+    reason = kernel_device_reason(x)
+    if reason is not None:
+        return reason
+    try:
+        # A literal relative import, so that saved checkpoints carry the file.
+        from .lion_triton_features import unsupported
+    except ImportError:
+        return "triton is not installed"
+    return unsupported(name, x)
+
+
 def snake_orders(rows: int, cols: int, num_prefix_tokens: int = 1, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The row-wise and column-wise boustrophedon over a ``rows x cols`` patch grid, special tokens first.
 
@@ -92,7 +117,6 @@ class LionMixer(nn.Module):
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.scale = self.head_dim**-0.5
-        self.feature_map = FEATURE_MAP_FUNCTIONS[config.feature_map]
         if config.variant == "d":
             # One decay logit per path and head: a = sigmoid(decay_logits).
             self.decay_logits = nn.Parameter(torch.empty(config.num_paths, self.num_heads))
@@ -156,6 +180,9 @@ class LionMixer(nn.Module):
         batch, _, length, _ = out.shape
         return out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim), weights
 
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return apply_feature_map(self.config.feature_map, x, self.config.attention_backend)
+
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(*x.shape[:2], self.num_heads, self.head_dim).transpose(1, 2)
 
@@ -190,8 +217,11 @@ class LionSelfAttention(LionMixer):
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=HEADS_LAYER_NORM_EPS) if config.layer_norm_after else None
 
     def forward(self, hidden_states, key_padding_mask=None, output_attentions=False):
-        q, k, v = (self.split_heads(proj(hidden_states)) for proj in (self.query, self.key, self.value))
-        q, k = self.feature_map(q), self.feature_map(k)
+        batch, length, _ = hidden_states.shape
+        # Mapped before the heads are transposed: the rows of the head dim are contiguous there.
+        q, k = (self.feature_map(proj(hidden_states).view(batch, length, self.num_heads, self.head_dim))
+                for proj in (self.query, self.key))  # fmt: skip
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), self.split_heads(self.value(hidden_states))
         context, weights = self.mix(
             q, k, v, hidden_states, key_padding_mask=key_padding_mask, output_attentions=output_attentions
         )

@@ -85,7 +85,8 @@ def test_trains_evaluates_and_saves_a_folder_that_loads_without_lion_hf(tmp_path
     hub = output_dir / "hub"
     assert sorted(path.name for path in hub.iterdir()) == sorted([
         "README.md", "config.json", "model.safetensors", "configuration_lion.py", "modeling_lion.py",
-        "lion_attention.py", "lion_triton.py", "lion_triton_chunk.py", "tokenizer.json", "tokenizer_config.json",
+        "lion_attention.py", "lion_triton.py", "lion_triton_chunk.py", "lion_triton_features.py", "tokenizer.json",
+        "tokenizer_config.json",
     ])  # fmt: skip
     card = ModelCard.load(hub / "README.md")
     assert card.data.pipeline_tag == "fill-mask"

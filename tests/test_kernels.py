@@ -2,7 +2,8 @@
 
 Triton builds its interpreter only when ``TRITON_INTERPRET=1`` is set before its first import, which ``import
 lion_hf`` already does in this session; tests/interpreted/ (not collected here) holds the cases:
-kernels_parallel.py (modeling/lion_triton.py) and kernels_chunk.py (modeling/lion_triton_chunk.py).
+kernels_parallel.py (modeling/lion_triton.py), kernels_chunk.py (modeling/lion_triton_chunk.py) and
+kernels_features.py (modeling/lion_triton_features.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,6 @@ def test_fused_kernels_under_the_triton_interpreter():
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *map(str, sorted(INTERPRETED.glob("kernels_*.py")))],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
-    assert len(list(INTERPRETED.glob("kernels_*.py"))) == 2
+    assert len(list(INTERPRETED.glob("kernels_*.py"))) == 3
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]

@@ -149,6 +149,8 @@ def test_lion_hf_info_says_what_computes_each_form(monkeypatch, capsys):
         ["chunk", "pytorch", "can run (with attention_backend='pytorch')"],
         ["recurrent", "triton", reason],
         ["recurrent", "pytorch", "runs"],
+        ["features", "triton", reason],
+        ["features", "pytorch", "runs"],
     ]
     # CUDA inputs as well, from fake tensors where there is no GPU (tests/test_kernels.py checks the
     # kernels' own lines with Triton installed).

@@ -29,7 +29,10 @@ from lion_hf import (
     lion_image_processor,
 )
 
-MODEL_FILES = ("configuration_lion.py", "modeling_lion.py", "lion_attention.py", "lion_triton.py", "lion_triton_chunk.py")
+MODEL_FILES = (
+    "configuration_lion.py", "modeling_lion.py", "lion_attention.py", "lion_triton.py", "lion_triton_chunk.py",
+    "lion_triton_features.py",
+)
 SENTENCES = ["the cat sat on the [MASK] .", "a [MASK] day"]
 FILL_MASK_TEXT = "paris is the [MASK] of france ."
 

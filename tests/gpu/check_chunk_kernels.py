@@ -1,6 +1,6 @@
 """GPU check of the fused chunk/recurrent kernels (not collected by pytest: it needs a CUDA device).
 
-    python tests/gpu/check_chunk_kernels.py [--out DIR] [--skip-timing]
+    python tests/gpu/check_chunk_kernels.py [--out DIR] [--skip-timing] [--cases 0,1,...]
 
 1. Correctness on real shapes, float32 and bfloat16: outputs and every gradient of the Triton chunk form, and the
    output of the Triton recurrent form, against the PyTorch parallel form in float64 (itself tested against the
@@ -86,7 +86,7 @@ def _double(decays, orders):
     return (None if decays is None else [d.double() for d in decays]), orders
 
 
-def correctness(results, length):
+def correctness(results, length, only=None):
     cases = [
         ("lit", 1, torch.float32, 64, True, True),
         ("d", 1, torch.float32, 64, True, False),
@@ -100,7 +100,9 @@ def correctness(results, length):
         ("s", 2, torch.bfloat16, 64, True, False),
         ("d", 1, torch.bfloat16, 128, False, False),
     ]
-    for case in cases:
+    for index, case in enumerate(cases):
+        if only is not None and index not in only:
+            continue
         try:
             check(results, *case, length)
         except Exception:  # one failing case must not hide the others' results
@@ -203,11 +205,12 @@ def main(argv=None) -> int:
     parser.add_argument("--length", type=int, default=1000, help="tokens of the correctness cases")
     parser.add_argument("--lengths", default="4096,16384")
     parser.add_argument("--chunks", default="64,128")
+    parser.add_argument("--cases", default=None, help="comma-separated indices of the correctness cases to run")
     args = parser.parse_args(argv)
     global DEVICE
     DEVICE = args.device
     results, timings = [], []
-    correctness(results, args.length)
+    correctness(results, args.length, None if args.cases is None else {int(i) for i in args.cases.split(",")})
     if not args.skip_timing:
         ceilings(timings)
         operator_timings(timings, [int(n) for n in args.lengths.split(",")], [int(c) for c in args.chunks.split(",")])

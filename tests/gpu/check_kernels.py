@@ -1,4 +1,5 @@
-"""GPU check of the fused parallel-form kernels (modeling/lion_triton.py) on real shapes, float32 and bfloat16.
+"""GPU check of the fused parallel-form kernels (modeling/lion_triton.py) and the fused feature maps
+(modeling/lion_triton_features.py) on real shapes, float32 and bfloat16.
 
 Not collected by pytest (CI has no GPU; tests/test_kernels.py runs the same kernels through Triton's
 interpreter there). On a CUDA machine: ``python tests/gpu/check_kernels.py``; exit status 1 when a check fails.
@@ -8,6 +9,8 @@ itself tested against modeling/naive.py) by ||got - want|| / ||want||. Tolerance
 gradients of q, k, v) and 1e-4 (decay parameters: sums of many signed terms); bfloat16 1e-2 (outputs) and 3e-2
 (every gradient), next to the error of the PyTorch path in bfloat16 on the same inputs, printed for comparison.
 Score dropout: the kernel's keep mask, read back through the kernel itself, is used by the float64 reference.
+Feature maps (ViT-B's queries and keys, 2 x 64 x 12 x 197 rows of 64): map and gradient against float64, same
+tolerances, next to the PyTorch functions' own error in that dtype.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import torch.nn.functional as F
 
 from lion_hf import lion_attention
 from lion_hf.modeling.lion_attention import select_implementation
+from lion_hf.modeling.lion_triton_features import feature_map
+from lion_hf.modeling.modeling_lion import FEATURE_MAP_FUNCTIONS
 from lion_hf.modeling.naive import naive_attention_weights
 
 DEVICE = "cuda"
@@ -152,9 +157,35 @@ def check_dropout(generator, failures):
             failures.append(f"dropout {dtype}: {errors}")
 
 
+def check_feature_maps(generator, failures):
+    x = torch.randn(2, 64, 12, 197, 64, device=DEVICE, generator=generator) * 2
+    grad = torch.randn(x.shape, device=DEVICE, generator=generator)
+
+    def map_and_gradient(fn, x, grad):
+        x = x.detach().requires_grad_()
+        y = fn(x)
+        return y, torch.autograd.grad(y, x, grad)[0]
+
+    for kind in ("elu_plus_one", "silu_shift_l2"):
+        want = map_and_gradient(FEATURE_MAP_FUNCTIONS[kind], x.double(), grad.double())
+        for dtype in (torch.float32, torch.bfloat16):
+            got = map_and_gradient(lambda t: feature_map(kind, t), x.to(dtype), grad.to(dtype))
+            pytorch = map_and_gradient(FEATURE_MAP_FUNCTIONS[kind], x.to(dtype), grad.to(dtype))
+            errors = [relative_error(g, w) for g, w in zip(got, want)]
+            print(f"feature map {kind} {dtype}: map {errors[0]:.1e}, gradient {errors[1]:.1e} (PyTorch in that "
+                  f"dtype: {relative_error(pytorch[0], want[0]):.1e}, {relative_error(pytorch[1], want[1]):.1e})")
+            out_limit, grad_limit, _ = TOLERANCES[dtype]
+            if not (errors[0] <= out_limit and errors[1] <= grad_limit):
+                failures.append(f"feature map {kind} {dtype}: {errors}")
+
+
 def main() -> int:
     generator = torch.Generator(device=DEVICE).manual_seed(0)
     failures: list[str] = []
+    try:
+        check_feature_maps(generator, failures)
+    except Exception as error:
+        failures.append(f"feature maps: {type(error).__name__}: {error}")
     for dtype in (torch.float32, torch.bfloat16):
         for case in CASES:
             try:

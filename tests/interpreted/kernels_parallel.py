@@ -297,3 +297,6 @@ def test_info_names_the_implementation_of_each_form(capsys):
         assert lines[:2] == [
             ["parallel", "triton", "runs"], ["parallel", "pytorch", "can run (with attention_backend='pytorch')"]
         ], block
+        assert lines[-2:] == [
+            ["features", "triton", "runs"], ["features", "pytorch", "can run (with attention_backend='pytorch')"]
+        ], block

@@ -1,0 +1,180 @@
+"""Where one eager training step of ViT-B/16 spends its time: host, GPU, and the GPU's time per kernel.
+
+    python -m benchmarks.profile_step [--models timm,lit,d,s,d-snake] [--batch 64] [--out profile.json] [--python N]
+
+For each model, after a warm-up: ``wall`` is the median step with a synchronisation after it; ``host`` the median
+time the Python side takes to issue one step (measured from an idle GPU, so no launch waits on a busy one); ``gpu``
+the kernels' summed durations per step (torch.profiler), grouped (LION's Triton kernels, attention, matrix
+products, the rest) and the largest listed with their calls and time per step; ``peak_mb`` the peak memory allocated
+over the timed steps (weights, optimiser state and inputs included); ``syncs`` the operations of a step
+that make the host wait for the GPU (``torch.cuda.set_sync_debug_mode``). A step is host-bound when ``host`` is
+close to ``wall``, ``gpu`` well below it and no sync in it. ``--python N`` adds the N Python functions with the
+most time of their own in one step (cProfile). Needs a CUDA device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import pstats
+import statistics
+import time
+import warnings
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from .models import lion_vision, timm_available, timm_vit, vit_sdpa
+from .suites import VIT_B
+
+MODELS = {
+    "timm": ("timm ViT", None, None),
+    "vit": ("ViT SDPA", None, None),
+    "lit": ("LION-LIT", "lit", "raster"),
+    "d": ("LION-D", "d", "raster"),
+    "s": ("LION-S", "s", "raster"),
+    "d-snake": ("LION-D snake", "d", "snake"),
+    "s-snake": ("LION-S snake", "s", "snake"),
+}
+GROUPS = (
+    ("lion kernels", ("_forward_kernel", "_backward_q_kernel", "_backward_kv_kernel", "_chunk", "_states")),
+    ("attention", ("flash", "fmha", "attention", "attn")),
+    ("matrix products", ("gemm", "cutlass", "nvjet", "sm90_xmma", "wgmma", "cublas")),
+)
+
+
+def build(key: str, device: torch.device):
+    name, variant, order = MODELS[key]
+    if key == "timm":
+        return timm_vit(VIT_B, device)
+    if key == "vit":
+        return vit_sdpa(VIT_B, device)
+    return lion_vision(VIT_B, variant, order, device)
+
+
+def group_of(kernel: str) -> str:
+    lowered = kernel.lower()
+    for group, needles in GROUPS:
+        if any(needle.lower() in lowered for needle in needles):
+            return group
+    return "other"
+
+
+def profile_model(key: str, batch: int, device: torch.device, python_rows: int = 0, steps: int = 10) -> dict:
+    model = build(key, device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    pixels = torch.randn(batch, 3, VIT_B.image_size, VIT_B.image_size, device=device)
+    labels = torch.randint(0, VIT_B.num_labels, (batch,), device=device)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(pixel_values=pixels, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    walls, hosts = [], []
+    for _ in range(steps):
+        torch.cuda.synchronize()
+        begin = time.perf_counter()
+        step()
+        hosts.append(time.perf_counter() - begin)
+        torch.cuda.synchronize()
+        walls.append(time.perf_counter() - begin)
+    peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message).splitlines()[0][:160] for w in caught if "synchroniz" in str(w.message)]
+    torch.cuda.synchronize()
+    profiled = 2
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
+        for _ in range(profiled):
+            step()
+        torch.cuda.synchronize()
+    kernels: dict[str, list[float]] = {}
+    for event in profiler.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            kernels.setdefault(event.name, []).append(event.time_range.elapsed_us() / 1e3)
+    per_kernel = sorted(
+        ({"kernel": name[:90], "group": group_of(name), "calls_per_step": len(t) / profiled,
+          "ms_per_step": sum(t) / profiled} for name, t in kernels.items()),
+        key=lambda row: -row["ms_per_step"],
+    )  # fmt: skip
+    python = None
+    if python_rows:
+        profiler_py = cProfile.Profile()
+        profiler_py.runcall(step)
+        torch.cuda.synchronize()
+        text = io.StringIO()
+        pstats.Stats(profiler_py, stream=text).sort_stats("tottime").print_stats(python_rows)
+        python = text.getvalue()
+    groups = {}
+    for row in per_kernel:
+        groups[row["group"]] = groups.get(row["group"], 0.0) + row["ms_per_step"]
+    del model, optimizer
+    torch.cuda.empty_cache()
+    return {
+        "model": MODELS[key][0],
+        "batch": batch,
+        "wall_ms": statistics.median(walls) * 1e3,
+        "host_ms": statistics.median(hosts) * 1e3,
+        "gpu_ms": sum(groups.values()),
+        "peak_mb": peak_mb,
+        "syncs": syncs,
+        "gpu_ms_by_group": groups,
+        "kernels": per_kernel[:15],
+        "python": python,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="timm,lit,d,s,d-snake", help=f"comma-separated, of {', '.join(MODELS)}")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--python", type=int, default=0, metavar="N", help="list the N costliest Python functions")
+    args = parser.parse_args(argv)
+    keys = args.models.split(",")
+    unknown = [key for key in keys if key not in MODELS]
+    if unknown:
+        parser.error(f"unknown models {unknown}; choose from {', '.join(MODELS)}")
+    if not torch.cuda.is_available():
+        parser.error("profiling a step needs a CUDA device")
+    if "timm" in keys and not timm_available():
+        parser.error("timm is not installed (drop 'timm' from --models)")
+    device = torch.device("cuda")
+    results = []
+    for key in keys:
+        result = profile_model(key, args.batch, device, args.python)
+        results.append(result)
+        groups = ", ".join(f"{group} {ms:.2f}" for group, ms in sorted(result["gpu_ms_by_group"].items()))
+        print(
+            f"\n{result['model']} (ViT-B/16, batch {args.batch}): wall {result['wall_ms']:.2f} ms, host "
+            f"{result['host_ms']:.2f} ms, GPU {result['gpu_ms']:.2f} ms ({groups}), peak {result['peak_mb']:.0f} MB; {len(result['syncs'])} syncs "
+            f"{result['syncs'][:3]}",
+            flush=True,
+        )
+        for row in result["kernels"][:10]:
+            print(f"  {row['ms_per_step']:7.3f} ms  x{row['calls_per_step']:<5g} {row['group']:<16} {row['kernel']}")
+        if result["python"]:
+            print(result["python"])
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as handle:
+            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "results": results},
+                      handle, indent=1)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
