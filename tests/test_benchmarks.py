@@ -141,3 +141,20 @@ def test_long_sequence_groups_run_and_draw(tmp_path):
     for name in ("long_operator_time.png", "long_inference_time.png", "long_mlm_time.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+
+
+def test_profile_step_groups_kernels_and_refuses_what_it_cannot_run(capsys):
+    from benchmarks import profile_step
+
+    assert profile_step.group_of("_backward_kv_kernel") == "lion kernels"
+    assert profile_step.group_of("cudnn_generated_fort_native_sdpa_sm90_flash_bprop") == "attention"
+    assert profile_step.group_of("nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_bias_TNN") == "matrix products"
+    assert profile_step.group_of("void at::native::vectorized_elementwise_kernel<8>") == "other"
+    for argv, message in [
+        (["--models", "lit,mamba"], "unknown models ['mamba']"),
+        (["--models", "lit"], "profiling a step needs a CUDA device"),
+    ]:
+        with pytest.raises(SystemExit) as raised:
+            profile_step.main(argv)
+        assert raised.value.code == 2
+        assert message in capsys.readouterr().err
