@@ -718,8 +718,10 @@ def _steps(order: torch.Tensor, dtype: torch.dtype = torch.int64) -> torch.Tenso
         return torch.argsort(order).to(dtype)
     cached = _STEPS.get(order)
     if cached is None or cached[0] != order._version:
-        steps = torch.argsort(order)
-        cached = _STEPS[order] = (order._version, {torch.int64: steps, torch.float32: steps.to(torch.float32)})
+        # Normal tensors even under inference mode: a later training step saves them for its backward.
+        with torch.inference_mode(False):
+            steps = torch.argsort(order)
+            cached = _STEPS[order] = (order._version, {torch.int64: steps, torch.float32: steps.to(torch.float32)})
     return cached[1][dtype]
 
 
@@ -731,7 +733,8 @@ def _natural_steps(length: int, device: torch.device) -> torch.Tensor:
     if key not in _NATURAL_STEPS:
         if len(_NATURAL_STEPS) >= 16:
             _NATURAL_STEPS.clear()
-        _NATURAL_STEPS[key] = torch.arange(length, device=device, dtype=torch.float32)
+        with torch.inference_mode(False):  # see _steps
+            _NATURAL_STEPS[key] = torch.arange(length, device=device, dtype=torch.float32)
     return _NATURAL_STEPS[key]
 
 

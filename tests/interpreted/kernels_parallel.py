@@ -121,6 +121,21 @@ def test_float32_kernels_match_the_float64_oracle_and_the_pytorch_path(variant, 
         assert relative_error(g, other) < 2e-6, name
 
 
+@pytest.mark.parametrize("variant,paths", [("d", 1), ("s", 2)])
+def test_steps_kept_from_an_inference_call_serve_a_training_step(variant, paths):
+    """The kernels keep the steps of each order (and of the natural order) between calls; kept from a call under
+    torch.inference_mode, they must still be savable for a later training step's backward."""
+    params, orders, _ = make_inputs(variant, paths, 21, 16, 16, True, seed=3)
+    grad = torch.randn(2, 2, 21, 16)
+    detached = [p.detach() for p in params]
+    with torch.inference_mode():
+        lion_attention(*detached[:3], decays(variant, detached, 21), orders, normalize=True)
+    got = forward_and_gradients(lion_attention, params, variant, orders, True, None, grad)
+    want = forward_and_gradients(naive_lion_attention, params, variant, orders, True, None, grad.double())
+    for g, w in zip(got, want):
+        assert relative_error(g, w) < 2e-6
+
+
 def test_decays_shared_across_the_batch_get_the_summed_gradient():
     params, orders, _ = make_inputs("s", 2, 19, 16, 16, True, shared_decay=True, seed=1)
     grad = torch.randn(2, 2, 19, 16)
