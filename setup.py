@@ -27,7 +27,7 @@ setup(
         "jinja2>=3.1",  # model cards: huggingface_hub's ModelCard.from_template
         "tokenizers>=0.21",
         "accelerate>=1.1",
-        "datasets>=3.0",
+        "datasets>=4.0",  # no dataset scripts: examples load Hub datasets without trust_remote_code
         "evaluate>=0.4.3",
         "pillow>=10.0",
         "tqdm>=4.66",

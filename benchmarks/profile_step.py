@@ -46,7 +46,7 @@ GROUPS = (
 
 
 def build(key: str, device: torch.device):
-    name, variant, order = MODELS[key]
+    _, variant, order = MODELS[key]
     if key == "timm":
         return timm_vit(VIT_B, device)
     if key == "vit":
@@ -62,7 +62,10 @@ def group_of(kernel: str) -> str:
     return "other"
 
 
-def profile_model(key: str, batch: int, device: torch.device, python_rows: int = 0, steps: int = 10) -> dict:
+TIMED_STEPS = 10
+
+
+def profile_model(key: str, batch: int, device: torch.device, python_rows: int = 0) -> dict:
     model = build(key, device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     pixels = torch.randn(batch, 3, VIT_B.image_size, VIT_B.image_size, device=device)
@@ -80,7 +83,7 @@ def profile_model(key: str, batch: int, device: torch.device, python_rows: int =
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     walls, hosts = [], []
-    for _ in range(steps):
+    for _ in range(TIMED_STEPS):
         torch.cuda.synchronize()
         begin = time.perf_counter()
         step()

@@ -17,7 +17,7 @@ SOFTMAX_MODELS = {
     "long_inference": ("timm ViT", "ViT SDPA"),
     "long_mlm": ("BERT SDPA",),
 }
-# The softmax line drawn in the plots (the groups plotted have one softmax model).
+# The softmax model the ratios are to (the fastest, where a group has several).
 BASELINES = {group: models[0] for group, models in SOFTMAX_MODELS.items()}
 # The keys that make two records the same configuration apart from the model.
 CASE_KEYS = {
@@ -260,7 +260,7 @@ def read_json(path: Path) -> tuple[dict, list[dict], list[dict]]:
 def _series(records: list[dict], group: str, x_key: str, model: str) -> dict[str, list[tuple[int, dict]]]:
     lines: dict[str, list[tuple[int, dict]]] = {}
     for r in records:
-        if r["group"] == group and r["model"] in (model, BASELINES[group]):
+        if r["group"] == group and (r["model"] == model or r["model"] in SOFTMAX_MODELS[group]):
             lines.setdefault(_describe(r), []).append((r[x_key], r))
     return lines
 
@@ -280,7 +280,8 @@ def plot(records: list[dict], out_dir: Path, mode_note: str) -> list[Path]:
         ("long_operator", "seq_len", "tokens"),
         ("long_mlm", "seq_len", "tokens"),
     ):
-        names = {r["model"] for r in records if r["group"] == group and r["model"] != BASELINES[group]}
+        # One panel per LION variant, each with every softmax model of the group as a reference line.
+        names = {r["model"] for r in records if r["group"] == group and r["model"] not in SOFTMAX_MODELS[group]}
         variants = [v for v in ("LION-LIT", "LION-D", "LION-S") if v in names] + sorted(
             names - {"LION-LIT", "LION-D", "LION-S"}
         )
@@ -295,7 +296,11 @@ def plot(records: list[dict], out_dir: Path, mode_note: str) -> list[Path]:
                 for name, points in _series(records, group, x_key, variant).items():
                     xs = [x for x, r in points if r["status"] == "ok" and r.get(y_key)]
                     ys = [r[y_key] for x, r in points if r["status"] == "ok" and r.get(y_key)]
-                    style = dict(color="black", linewidth=2.5) if name == BASELINES[group] else {}
+                    style = {}
+                    if name == BASELINES[group]:
+                        style = dict(color="black", linewidth=2.5)
+                    elif name in SOFTMAX_MODELS[group]:
+                        style = dict(color="gray", linewidth=2, linestyle="--")
                     if xs:
                         ax.plot(xs, ys, marker="o", label=name, **style)
                     failed = [x for x, r in points if r["status"] == "oom"]

@@ -64,7 +64,7 @@ class ModelArguments:
     )  # fmt: skip
     cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models and datasets are stored."})
     trust_remote_code: bool = field(
-        default=False, metadata={"help": "Run the code of Hub checkpoints and datasets that ship their own."}
+        default=False, metadata={"help": "Run the code of Hub checkpoints that ship their own."}
     )
     ignore_mismatched_sizes: bool = field(
         default=False,
@@ -287,9 +287,8 @@ def set_labels(config: PretrainedConfig, labels: list[str], trained_head: bool, 
 
 
 def load_hub_dataset(name: str, config_name: str | None, model_args: ModelArguments) -> datasets.DatasetDict:
-    return datasets.load_dataset(
-        name, config_name, cache_dir=model_args.cache_dir, trust_remote_code=model_args.trust_remote_code
-    )
+    # No trust_remote_code here: datasets 4 and later run no dataset scripts (the flag is for checkpoints).
+    return datasets.load_dataset(name, config_name, cache_dir=model_args.cache_dir)
 
 
 def load_text_files(files: dict[str, str], column_names: str | None, cache_dir: str | None) -> datasets.DatasetDict:
@@ -339,7 +338,7 @@ def split_off_validation(
 
 
 def first_samples(dataset: datasets.Dataset, count: int | None) -> datasets.Dataset:
-    return dataset if count is None else dataset.select(range(min(count, len(dataset))))
+    return dataset if count is None else dataset.take(count)
 
 
 def check_max_seq_length(max_seq_length: int | None, config: PretrainedConfig, default: int) -> int:
@@ -434,21 +433,22 @@ def save_final_model(
     ``lion_hf.export_folder`` into ``output_dir/hub`` (only the Hub's files, with a model card of the run and its
     evaluation results), and pushed from there with ``--push_to_hub``.
     """
+    # A softmax baseline (BERT, ViT) has no LION export: transformers' own upload of output_dir, which saves the
+    # model itself (on every process: under FSDP all of them gather the weights) and uploads from the main one.
+    transformers_push = trained and push and trainer.model.config.model_type != "lion"
     if trained:
-        trainer.save_model()
+        if not transformers_push:
+            trainer.save_model()
         trainer.save_state()
     for split, metrics in results.items():
         trainer.save_metrics(split, metrics, combined=False)
     trainer.save_metrics(
         "all", {key: value for metrics in results.values() for key, value in metrics.items()}, combined=False
     )
+    if transformers_push:
+        trainer.push_to_hub(commit_message="End of training")
     args = trainer.args
-    if not trained or not trainer.is_world_process_zero():
-        return
-    if trainer.model.config.model_type != "lion":
-        # A softmax baseline (BERT, ViT) has no LION export: transformers' own upload of output_dir.
-        if push:
-            trainer.push_to_hub(commit_message="End of training")
+    if not trained or not trainer.is_world_process_zero() or trainer.model.config.model_type != "lion":
         return
     exported = lion_hf.export_folder(
         args.output_dir,

@@ -24,8 +24,6 @@ class DistillationTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
         self.distillation = {"distillation_type": distillation_type, "alpha": alpha, "tau": tau}
-        # The loss is a batch mean: Trainer itself scales it for gradient accumulation.
-        self.model_accepts_loss_kwargs = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         pixel_values, labels = inputs["pixel_values"], inputs["labels"]

@@ -215,14 +215,15 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
 
     model = build_model(AutoModelForMaskedLM, model_args, config)
 
-    # Each process masks with its own seed, so the processes of a multi-process run draw independent masks.
+    # Each process masks with its own seeds, so the processes of a multi-process run draw independent masks: the
+    # collator adds its data-loader worker's index to the seed, hence one block of worker seeds per process.
     collator = DataCollatorForLanguageModeling(
         tokenizer,
         mlm_probability=data_args.mlm_probability,
         mask_replace_prob=data_args.mask_replace_prob,
         random_replace_prob=data_args.random_replace_prob,
         pad_to_multiple_of=data_args.pad_to_multiple_of,
-        seed=training_args.seed + training_args.process_index,
+        seed=training_args.seed + training_args.process_index * max(1, training_args.dataloader_num_workers),
     )
     trainer = Trainer(
         model=model,

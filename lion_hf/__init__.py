@@ -37,12 +37,10 @@ def _register() -> None:
     """Every head of the model's Auto-class tables, registered with transformers and for saving its code."""
     transformers.AutoConfig.register(LionConfig.model_type, LionConfig, exist_ok=True)
     LionConfig.register_for_auto_class()
-    heads_by_auto_class: dict[str, list] = {}
+    heads_by_auto_class: dict[str, tuple] = {}
     for table in (TEXT_AUTO_CLASSES, VISION_AUTO_CLASSES):
         for auto_class, heads in table.items():
-            for head in heads if isinstance(heads, tuple) else (heads,):
-                if head not in heads_by_auto_class.setdefault(auto_class, []):
-                    heads_by_auto_class[auto_class].append(head)
+            heads_by_auto_class[auto_class] = tuple(dict.fromkeys(heads_by_auto_class.get(auto_class, ()) + heads))
     for auto_class, heads in heads_by_auto_class.items():
         for head in heads:
             head.register_for_auto_class(auto_class)

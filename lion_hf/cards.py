@@ -9,6 +9,7 @@ plus ``perplexity`` for masked language models, as in ``eval_results.json`` or `
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -158,9 +159,33 @@ def auto_class_for(architecture: str, modality: str) -> str:
     """The Auto class that loads ``architecture``, from the model's Auto-class tables."""
     table = TEXT_AUTO_CLASSES if modality == "text" else VISION_AUTO_CLASSES
     for auto_class, heads in table.items():
-        if architecture in [head.__name__ for head in (heads if isinstance(heads, tuple) else (heads,))]:
+        if architecture in [head.__name__ for head in heads]:
             return auto_class
     raise ValueError(f"{architecture!r} is not a LION {modality} model class.")
+
+
+# The line of the card's usage snippet that names what it loads (see usage_snippet).
+MODEL_ID_LINE = re.compile(r'^model_id = (".*")$', flags=re.M)
+
+
+def _model_name(model_id: str) -> str:
+    """The name a card shows for ``model_id`` (a repo id or a folder path): its last component."""
+    return model_id.rstrip("/").rsplit("/", 1)[-1]
+
+
+def retarget_card(text: str, model_id: str) -> str:
+    """A card written by :func:`render_card` for another ``model_id``, made to show and load ``model_id``: its
+    title, its ``model-index`` name and its usage snippet."""
+    card = ModelCard(text)
+    match = MODEL_ID_LINE.search(card.text)
+    if match is None:
+        raise ValueError(f"the card has no `model_id = ...` line in its usage snippet to point at {model_id!r}.")
+    old_name, name = _model_name(json.loads(match.group(1))), _model_name(model_id)
+    body = MODEL_ID_LINE.sub(lambda _: f"model_id = {json.dumps(model_id)}", card.text, count=1)
+    card.text = re.sub(rf"^# {re.escape(old_name)}$", lambda _: f"# {name}", body, count=1, flags=re.M)
+    if card.data.model_name is not None:
+        card.data.model_name = name
+    return str(card)
 
 
 def render_card(
@@ -185,7 +210,7 @@ def render_card(
     modality = config.modality
     architecture = (config.architectures or ["LionModel"])[0]
     pipeline_tag = pipeline_tag_for(architecture, modality)
-    model_name = model_id.rstrip("/").rsplit("/", 1)[-1]
+    model_name = _model_name(model_id)
     variant = VARIANT_NAMES[config.variant]
     read = read_metrics(metrics)
     results = evaluation_metrics(read[0]) if read else {}

@@ -42,12 +42,14 @@ PREPROCESSOR_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
     "vocab.txt", "vocab.json", "merges.txt", "*.model", "preprocessor_config.json", "processor_config.json",
 )  # fmt: skip
+# Every file (pattern) of an exported folder besides the model's code.
+DATA_FILES = (CONFIG, CARD, *WEIGHTS, *PREPROCESSOR_FILES)
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 HEADS = {
     head.__name__: head
     for table in (TEXT_AUTO_CLASSES, VISION_AUTO_CLASSES)
     for heads in table.values()
-    for head in (heads if isinstance(heads, tuple) else (heads,))
+    for head in heads
 }
 
 
@@ -86,8 +88,7 @@ def folder_problems(folder: str | Path) -> list[str]:
         problems.append("no safetensors weights")
     if shards and WEIGHTS[2] not in names:
         problems.append(f"weight shards without their index {WEIGHTS[2]}")
-    allowed = (CONFIG, CARD, *WEIGHTS, *PREPROCESSOR_FILES)
-    stray = [name for name in names if name not in code and not any(fnmatch.fnmatch(name, p) for p in allowed)]
+    stray = [name for name in names if name not in code and not any(fnmatch.fnmatch(name, p) for p in DATA_FILES)]
     if stray:
         problems.append("files an exported folder does not hold: " + ", ".join(stray))
     return problems

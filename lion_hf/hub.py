@@ -3,14 +3,12 @@
 The folder must be what :func:`lion_hf.export.export_folder` writes, and (unless told not to) must load in a fresh
 process without lion_hf. Only files that differ from the repo's are sent, so pushing an unchanged folder again
 makes no commit; weight and tokenizer files the repo has but the folder does not (old shards) are deleted, so that
-transformers never picks up a stale copy.
+transformers never picks up a stale copy (the code files are always sent, so stale ones are replaced).
 """
 
 from __future__ import annotations
 
 import fnmatch
-import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +19,10 @@ from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import validate_repo_id
 from huggingface_hub.utils.sha import git_hash
 
-from .cards import ORIGINAL_LICENSE_NAME
-from .export import CARD, CONFIG, PREPROCESSOR_FILES, WEIGHTS, folder_problems
+from .cards import ORIGINAL_LICENSE_NAME, retarget_card
+from .export import CARD, DATA_FILES, folder_problems
 from .load_check import check_loads
 
-# The line of the card's usage snippet that names what it loads (see lion_hf.cards.usage_snippet).
-MODEL_ID_LINE = re.compile(r'^model_id = (".*")$', flags=re.M)
-# Files the push manages on the repo: those an exported folder can hold (the code files are always re-sent).
-MANAGED = (CONFIG, CARD, *WEIGHTS, *PREPROCESSOR_FILES)
 LOGIN_HELP = "log in with `hf auth login`, or set the HF_TOKEN environment variable to a token with write access"
 
 
@@ -60,7 +54,8 @@ def check_repo_id(repo_id: str) -> None:
 def plan_push(folder: str | Path, repo_id: str) -> PushPlan:
     """The files a push of ``folder`` to ``repo_id`` uploads; refuses a folder that is not an exported one.
 
-    The card's usage snippet is made to load ``repo_id``, so that it runs as written on the Hub.
+    The card is made to show and load ``repo_id`` (title, model-index name, usage snippet), so that it runs as
+    written on the Hub.
     """
     check_repo_id(repo_id)
     folder = Path(folder)
@@ -72,8 +67,7 @@ def plan_push(folder: str | Path, repo_id: str) -> PushPlan:
             f"{str(folder)!r} is not an exported LION folder: {'; '.join(problems)}. Write one with "
             "`lion-hf export SRC DST` (or lion_hf.export_folder)."
         )
-    card = (folder / CARD).read_text(encoding="utf-8")
-    card = MODEL_ID_LINE.sub(lambda match: f"model_id = {json.dumps(repo_id)}", card, count=1)
+    card = retarget_card((folder / CARD).read_text(encoding="utf-8"), repo_id)
     uploads: dict[str, bytes | Path] = {p.name: p for p in sorted(folder.iterdir())}
     uploads[CARD] = card.encode("utf-8")
     return PushPlan(uploads, card)
@@ -136,7 +130,7 @@ def push_folder(
     deletions = [
         CommitOperationDelete(path_in_repo=path)
         for path in sorted(remote)
-        if path not in plan.uploads and any(fnmatch.fnmatch(path, pattern) for pattern in MANAGED)
+        if path not in plan.uploads and any(fnmatch.fnmatch(path, pattern) for pattern in DATA_FILES)
     ]
     if not additions and not deletions:
         echo(f"{repo_id} already holds exactly these files: nothing to push, no commit made.")

@@ -24,11 +24,11 @@ folder = sys.argv[1]
 with open(os.path.join(folder, "config.json"), encoding="utf-8") as file:
     config = json.load(file)
 architecture = config["architectures"][0]
-auto_class = next(name for name, ref in config["auto_map"].items() if ref.endswith("." + architecture))
+auto_class = next((name for name, ref in config.get("auto_map", {}).items() if ref.endswith("." + architecture)), None)
+if auto_class is None:
+    raise SystemExit(f"config.json's auto_map has no entry for its architecture {architecture}")
 model = getattr(transformers, auto_class).from_pretrained(folder, trust_remote_code=True)
 loaded = {"model": f"{auto_class} -> {type(model).__name__}"}
-if type(model).__name__ != architecture:
-    raise SystemExit(f"{auto_class} loaded {type(model).__name__}, but config.json names {architecture}")
 if os.path.isfile(os.path.join(folder, "tokenizer_config.json")):
     loaded["tokenizer"] = type(transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=True)).__name__
 if os.path.isfile(os.path.join(folder, "preprocessor_config.json")):

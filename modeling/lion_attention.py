@@ -92,6 +92,7 @@ _FOLD_MIN_LOG_DECAY = -60.0
 _MIN_LOG_DECAY = -1000.0
 # Orders already found to be permutations, with the tensor version they were checked at.
 _CHECKED_ORDERS = WeakIdKeyDictionary()
+_ORDER_STEPS = WeakIdKeyDictionary()
 
 
 def is_compiling() -> bool:
@@ -270,12 +271,6 @@ def resolved_backend(backend: str) -> str:
     return backend
 
 
-def fused_kernels_may_run(x: torch.Tensor, backend: str) -> bool:
-    """Whether the fused kernels may take ``x`` in this call: eager, a backend other than ``"pytorch"``, a device
-    they run on. (Each kernel then checks what else it needs.)"""
-    return not is_compiling() and resolved_backend(backend) != "pytorch" and kernel_device_reason(x) is None
-
-
 def _runs_anywhere(*args, **options) -> None:
     return None
 
@@ -286,7 +281,8 @@ def _checked_inputs(q, k, v, log_decays, orders, key_padding_mask, check_values)
     if key_padding_mask is not None:
         if check_values and key_padding_mask.dtype != torch.bool:
             _check_binary(key_padding_mask)
-        key_padding_mask = key_padding_mask.bool()
+        # Contiguous: the kernels index the mask as a plain (B, N) array (a no-op for the usual mask).
+        key_padding_mask = key_padding_mask.bool().contiguous()
     if log_decays is None:
         return None, key_padding_mask
     # A valid mask marks one run per row, which is then its own span: no need to find the span on every call.
@@ -363,7 +359,7 @@ def _check_log_decay(index: int, log_decay: torch.Tensor) -> None:
             f"{log_decay[tuple(bad)].item()} at (batch, head, token) {tuple(bad)}."
         )
 
-    values = log_decay[..., :1] if _is_constant_along_length(log_decay) else log_decay
+    values = log_decay[..., :1] if is_constant_along_length(log_decay) else log_decay
     check_that((values <= 0).all(), f"log_decays[{index}] must hold log-decays <= 0 (decays in (0, 1]), not NaN.", found)
 
 
@@ -397,7 +393,7 @@ def _bounded_log_decays(log_decays, spanned) -> list[torch.Tensor]:
     spanned = None if spanned is None else spanned[:, None, :]
     bounded = []
     for log_decay in log_decays:
-        if _is_constant_along_length(log_decay):
+        if is_constant_along_length(log_decay):
             # Still stride 0 along the tokens, so that it keeps the closed form.
             bounded.append(log_decay[..., :1].clamp(min=_MIN_LOG_DECAY).expand(log_decay.shape))
             continue
@@ -427,7 +423,25 @@ def _mask_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def _is_constant_along_length(log_decay: torch.Tensor) -> bool:
+def order_steps(order: torch.Tensor, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """``argsort(order)`` in ``dtype``: the step at which the path visits each token. Kept per order tensor (and
+    its version), since every layer of a model gets the same orders; computed afresh under torch.compile and for
+    inference tensors (no version counter)."""
+    if is_compiling() or order.is_inference():
+        return torch.argsort(order).to(dtype)
+    cached = _ORDER_STEPS.get(order)
+    if cached is None or cached[0] != order._version:
+        # Normal tensors even under inference mode: a later training step saves them for its backward.
+        with torch.inference_mode(False):
+            steps = torch.argsort(order)
+            cached = _ORDER_STEPS[order] = (order._version, {torch.int64: steps})
+    if dtype not in cached[1]:
+        with torch.inference_mode(False):
+            cached[1][dtype] = cached[1][torch.int64].to(dtype)
+    return cached[1][dtype]
+
+
+def is_constant_along_length(log_decay: torch.Tensor) -> bool:
     return log_decay.shape[-1] == 1 or log_decay.stride(-1) == 0
 
 
@@ -629,9 +643,9 @@ def _segment_terms(log_decay, order, position, mask_dtype):
 def _path_mask_terms(q, log_decay, order, mask_dtype, fold: bool):
     """One path as ``(kind, static, a, b)`` plus the ``(q, k)`` scaling it asks for when ``fold``."""
     length = q.shape[-2]
-    position = None if order is None else torch.argsort(order)
+    position = None if order is None else order_steps(order)
     steps = torch.arange(length, device=q.device) if position is None else position
-    if _is_constant_along_length(log_decay):
+    if is_constant_along_length(log_decay):
         a = log_decay[..., :1, None].to(mask_dtype)
         return ("distance", _pairwise(steps, mask_dtype).abs_(), a, None), None
     if fold:
@@ -656,7 +670,7 @@ def _padded_to_8(q, k, v, log_decays, orders):
     q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
     padded_decays = []
     for log_decay in log_decays:
-        if _is_constant_along_length(log_decay):
+        if is_constant_along_length(log_decay):
             padded_decays.append(log_decay[..., :1].expand(*log_decay.shape[:-1], length + pad))
         else:
             padded_decays.append(F.pad(log_decay, (0, pad)))
@@ -696,10 +710,10 @@ def _chunkwise_along(order, q, k, v, log_decay, chunk_size, carried):
     """Run the chunked algorithm on the tokens visited in ``order``; return its output in token order."""
     if order is None:
         return _chunkwise(q, k, v, log_decay, chunk_size, carried)
-    if not _is_constant_along_length(log_decay):
+    if not is_constant_along_length(log_decay):
         log_decay = log_decay[..., order]
     out = _chunkwise(q[:, :, order], k[:, :, order], v[:, :, order], log_decay, chunk_size, carried)
-    return out[:, :, torch.argsort(order)]
+    return out[:, :, order_steps(order)]
 
 
 def _chunkwise(q, k, v, log_decay, chunk_size, carried):
@@ -709,7 +723,7 @@ def _chunkwise(q, k, v, log_decay, chunk_size, carried):
     pad = (-length) % size
     chunks = (length + pad) // size
     mask_dtype = _mask_dtype(q.dtype)
-    constant = _is_constant_along_length(log_decay)
+    constant = is_constant_along_length(log_decay)
     if pad:
         # Padded tokens come last and carry no query, key or value: nothing reaches a real token through them.
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))

@@ -34,7 +34,8 @@ Triton's interpreter, which is how the tests exercise them without a GPU.
 import re
 
 import torch
-from torch.utils.weak import WeakIdKeyDictionary
+
+from .lion_attention import is_constant_along_length, order_steps
 
 try:
     import triton
@@ -490,33 +491,22 @@ def _backward(grad_out, q, k, v, out, z, padding, positions, distance, u, w, u_l
         return q.new_empty(0)
 
     if distance is not None:
-        return dq, dk, dv, _sum_to(grad_u.sum(-1), distance), none(), none()
+        return dq, dk, dv, grad_u.sum(-1).sum_to_size(distance.shape), none(), none()
     if u is not None:
-        return dq, dk, dv, none(), _sum_to(grad_u, u), _sum_to(grad_w, w)
+        return dq, dk, dv, none(), grad_u.sum_to_size(u.shape), grad_w.sum_to_size(w.shape)
     return dq, dk, dv, none(), none(), none()
-
-
-def _sum_to(grad: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
-    """A per-batch-element gradient summed over the batch when the decay is shared by it."""
-    return grad.sum(1, keepdim=True) if decay.shape[1] == 1 and grad.shape[1] != 1 else grad
-
-
-def _input_gradients(saved, grad_out, options, backward):
-    """The gradient of every input of the forward (in its order) from ``backward``'s six tensors."""
-    q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed = saved
-    dq, dk, dv, grad_distance, grad_u, grad_w = backward(
-        grad_out, q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed, *options
-    )
-    grad_distance = grad_distance if distance is not None else None
-    grad_u, grad_w = (grad_u, grad_w) if u is not None else (None, None)
-    # The low parts of the running sums carry no gradient of their own (see _decay_terms).
-    return dq, dk, dv, None, None, grad_distance, grad_u, grad_w, None, None, None
 
 
 # -------------------------------------------------------------- torch.library operators (torch.compile) and eager
 
-# One namespace entry per copy of this file: a checkpoint's remote code imports its own copy next to lion_hf's.
-_OP_PREFIX = "lion_hf::" + re.sub(r"\W", "_", __name__)
+def op_prefix(module_name: str) -> str:
+    """The ``torch.library`` name prefix of a kernel module's operators: one per copy of the file, since a
+    checkpoint's remote code imports its own copy next to lion_hf's (one name for both would run the last one
+    registered)."""
+    return "lion_hf::" + re.sub(r"\W", "_", module_name)
+
+
+_OP_PREFIX = op_prefix(__name__)
 
 
 # What both operators take after their own tensors: the key padding, the decay terms (see _decay_terms), the
@@ -569,7 +559,15 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward_of_forward_op(ctx, grad_out, grad_z):
-    return (*_input_gradients(ctx.saved_tensors, grad_out, ctx.options, _backward_op), None, None, None)
+    """The gradient of every input of the forward operator, in its order."""
+    q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed = ctx.saved_tensors
+    dq, dk, dv, grad_distance, grad_u, grad_w = _backward_op(
+        grad_out, q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed, *ctx.options
+    )
+    grad_distance = grad_distance if distance is not None else None
+    grad_u, grad_w = (grad_u, grad_w) if u is not None else (None, None)
+    # The low parts of the running sums carry no gradient of their own (see _decay_terms).
+    return dq, dk, dv, None, None, grad_distance, grad_u, grad_w, None, None, None, None, None, None
 
 
 _forward_op.register_autograd(_backward_of_forward_op, setup_context=_setup_context)
@@ -610,31 +608,32 @@ class _EagerAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, *grads
 
 
-def _summed_to(grad: torch.Tensor, batch: int) -> torch.Tensor:
-    """A gradient over the batch summed to a decay that the batch shares (``batch`` 1)."""
-    return grad.sum(0, keepdim=True) if batch == 1 and grad.shape[0] != 1 else grad
-
-
 def _constant_gradient(grad: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
     """The gradient ``(B or 1, H)`` of a log-decay that is constant along the tokens, as the gradient of the
     ``(B or 1, H, N)`` tensor it was passed as (stride 0 along the tokens): all of it on the first token, since
     the expansion's backward sums over the tokens."""
     full = grad.new_zeros(shape, dtype=dtype)
-    full[..., 0] = _summed_to(grad, shape[0])
+    full[..., 0] = grad.sum_to_size(shape[:-1])
     return full
 
 
 def _running_sums_gradient(grad_u, grad_w, order, shape, dtype, accumulate) -> torch.Tensor:
     """The gradient of the log-decays from those of their exclusive (``u``) and inclusive (``w``) running sums
-    along the path (all in token order): step ``m`` of the path is in ``u`` of every later step and in ``w`` of
-    itself and every later step."""
+    along the path, all in token order (``along_path_gradient`` in path order)."""
     grad_u, grad_w = grad_u.to(accumulate), grad_w.to(accumulate)
     if order is not None:
         grad_u, grad_w = grad_u[..., order], grad_w[..., order]
-    later = (grad_u + grad_w).flip(-1).cumsum(-1).flip(-1) - grad_u
+    later = along_path_gradient(grad_u, grad_w)
     if order is not None:
-        later = later[..., _steps(order)]
-    return _summed_to(later, shape[0]).to(dtype)
+        later = later[..., order_steps(order)]
+    return later.sum_to_size(shape).to(dtype)
+
+
+def along_path_gradient(grad_exclusive: torch.Tensor, grad_inclusive: torch.Tensor) -> torch.Tensor:
+    """``d / d log a_m`` along a path (last dim, in path order) from the gradients of the exclusive and inclusive
+    running sums: step ``m`` is in the exclusive sum of every later step and in the inclusive sum of itself and
+    every later step."""
+    return (grad_exclusive + grad_inclusive).flip(-1).cumsum(-1).flip(-1) - grad_exclusive
 
 
 # ---------------------------------------------------------------------------------------- the entry point
@@ -686,14 +685,16 @@ def _decay_terms(q, log_decays, orders):
     if log_decays is None:
         return None, None, None, None, None, None
     length = q.shape[2]
-    steps = [None if order is None else _steps(order) for order in orders]
     positions = _stack(
-        [_natural_steps(length, q.device) if o is None else _steps(o, torch.float32) for o in orders], torch.float32
-    )
+        [torch.arange(length, device=q.device, dtype=torch.float32) if o is None else order_steps(o, torch.float32)
+         for o in orders],
+        torch.float32,
+    )  # fmt: skip
     batch = max(ld.shape[0] for ld in log_decays)
-    if all(ld.shape[-1] == 1 or ld.stride(-1) == 0 for ld in log_decays):
+    if all(is_constant_along_length(ld) for ld in log_decays):
         distance = _stack([ld[..., 0].expand(batch, -1) for ld in log_decays], torch.float32).contiguous()
         return positions, distance, None, None, None, None
+    steps = [None if order is None else order_steps(order) for order in orders]
     exact = q.dtype == torch.float32
     sum_dtype = torch.float64 if exact else torch.float32
     sums = [_segment_sums(ld, order, step, sum_dtype) for ld, order, step in zip(log_decays, orders, steps)]
@@ -705,37 +706,6 @@ def _decay_terms(q, log_decays, orders):
     with torch.no_grad():
         u_lo, w_lo = (u - u_hi.double()).to(torch.float32), (w - w_hi.double()).to(torch.float32)
     return positions, None, u_hi, w_hi, u_lo, w_lo
-
-
-_STEPS = WeakIdKeyDictionary()
-_NATURAL_STEPS: dict[tuple[int, torch.device], torch.Tensor] = {}
-
-
-def _steps(order: torch.Tensor, dtype: torch.dtype = torch.int64) -> torch.Tensor:
-    """``argsort(order)`` in ``dtype`` (int64 to index with, float32 for the kernels): the step at which the path
-    visits each token. Kept per order tensor and version, since every layer of a model gets the same orders."""
-    if torch.compiler.is_compiling() or order.is_inference():
-        return torch.argsort(order).to(dtype)
-    cached = _STEPS.get(order)
-    if cached is None or cached[0] != order._version:
-        # Normal tensors even under inference mode: a later training step saves them for its backward.
-        with torch.inference_mode(False):
-            steps = torch.argsort(order)
-            cached = _STEPS[order] = (order._version, {torch.int64: steps, torch.float32: steps.to(torch.float32)})
-    return cached[1][dtype]
-
-
-def _natural_steps(length: int, device: torch.device) -> torch.Tensor:
-    """``arange(length)`` in float32, kept per length and device (the steps of every path in token order)."""
-    if torch.compiler.is_compiling():
-        return torch.arange(length, device=device, dtype=torch.float32)
-    key = (length, device)
-    if key not in _NATURAL_STEPS:
-        if len(_NATURAL_STEPS) >= 16:
-            _NATURAL_STEPS.clear()
-        with torch.inference_mode(False):  # see _steps
-            _NATURAL_STEPS[key] = torch.arange(length, device=device, dtype=torch.float32)
-    return _NATURAL_STEPS[key]
 
 
 def _stack(tensors: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:

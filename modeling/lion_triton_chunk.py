@@ -52,7 +52,7 @@ try:
     import triton
     import triton.language as tl
 
-    from .lion_triton import cdiv, next_power_of_2
+    from .lion_triton import MAX_BATCH_HEADS, along_path_gradient, cdiv, next_power_of_2, op_prefix
 except ImportError:  # a checkpoint must load without Triton; unsupported() then names the reason
     triton = tl = None
 
@@ -685,9 +685,7 @@ def _forward(q, k, v, log_decays, orders, kpm, chunk, normalize, eps):
 def _decay_gradient(d_exclusive, d_inclusive, length, decay_batch):
     """``d log a_t = sum_(x>t) DE_x + sum_(x>=t) DB_x`` along the path (``DE``/``DB``: gradients of the exclusive
     and inclusive running sums of the whole path), summed over a batch the decay is shared across."""
-    d_exclusive = d_exclusive[..., :length].double()
-    d_inclusive = d_inclusive[..., :length].double()
-    grad = d_exclusive.flip(-1).cumsum(-1).flip(-1) - d_exclusive + d_inclusive.flip(-1).cumsum(-1).flip(-1)
+    grad = along_path_gradient(d_exclusive[..., :length].double(), d_inclusive[..., :length].double())
     if decay_batch == 1:
         grad = grad.sum(0, keepdim=True)
     return grad.float()
@@ -774,8 +772,11 @@ def _recurrent_forward(q, k, v, log_decays, orders, kpm, chunk, normalize, eps):
 
 # -------------------------------------------------------------------------- custom operators (torch.compile)
 
+# Per copy of this file (a checkpoint's remote code imports its own): see lion_triton.op_prefix.
+_OP_PREFIX = op_prefix(__name__) if triton is not None else "lion_hf::unavailable"
 
-@torch.library.custom_op("lion_hf::chunk_attention", mutates_args=())
+
+@torch.library.custom_op(_OP_PREFIX + "_chunk_attention", mutates_args=())
 def _chunk_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decays: list[torch.Tensor],
     orders: list[torch.Tensor], key_padding_mask: torch.Tensor | None, chunk_size: int, normalize: bool,
@@ -791,7 +792,7 @@ def _(q, k, v, log_decays, orders, key_padding_mask, chunk_size, normalize, eps)
     return out, q.new_empty(q.shape[:3] if normalize else (0,), dtype=torch.float32)
 
 
-@torch.library.custom_op("lion_hf::chunk_attention_backward", mutates_args=())
+@torch.library.custom_op(_OP_PREFIX + "_chunk_attention_backward", mutates_args=())
 def _chunk_attention_backward(
     grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
     mean_den: torch.Tensor, log_decays: list[torch.Tensor], orders: list[torch.Tensor],
@@ -825,7 +826,7 @@ def _chunk_attention_grad(ctx, grad, grad_mean_den):
 _chunk_attention.register_autograd(_chunk_attention_grad, setup_context=_setup_context)
 
 
-@torch.library.custom_op("lion_hf::recurrent_attention", mutates_args=())
+@torch.library.custom_op(_OP_PREFIX + "_recurrent_attention", mutates_args=())
 def _recurrent_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decays: list[torch.Tensor],
     orders: list[torch.Tensor], key_padding_mask: torch.Tensor | None, chunk_size: int, normalize: bool,
@@ -859,6 +860,8 @@ def unsupported(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_
         return f"dtype {q.dtype} (supported: float32, bfloat16)"
     if max(q.shape[-1], v.shape[-1]) > MAX_HEAD_DIM:
         return f"head dims {q.shape[-1]}/{v.shape[-1]} (supported: up to {MAX_HEAD_DIM})"
+    if q.shape[0] * q.shape[1] > MAX_BATCH_HEADS:
+        return f"batch x heads = {q.shape[0] * q.shape[1]} (the kernels take at most {MAX_BATCH_HEADS})"
     if chunk_size not in CHUNK_SIZES:
         return f"chunk_size {chunk_size} (supported: {', '.join(map(str, CHUNK_SIZES))})"
     if dropout_p > 0.0:
@@ -881,7 +884,7 @@ def _operator_arguments(log_decays, orders):
 
 def chunk_form(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_padding_mask, dropout_p):
     decays, orders = _operator_arguments(log_decays, orders)
-    kpm = None if key_padding_mask is None else key_padding_mask.to(torch.int8).contiguous()
+    kpm = None if key_padding_mask is None else key_padding_mask.view(torch.int8)
     return _chunk_attention(q, k, v, decays, orders, kpm, chunk_size, normalize, eps)[0]
 
 
@@ -894,7 +897,7 @@ def recurrent_form(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, k
         return chunk_form(q, k, v, log_decays, orders, chunk_size=chunk_size, normalize=normalize, eps=eps,
                           key_padding_mask=key_padding_mask, dropout_p=dropout_p)  # fmt: skip
     decays, orders = _operator_arguments(log_decays, orders)
-    kpm = None if key_padding_mask is None else key_padding_mask.to(torch.int8).contiguous()
+    kpm = None if key_padding_mask is None else key_padding_mask.view(torch.int8)
     return _recurrent_attention(q, k, v, decays, orders, kpm, chunk_size, normalize, eps)
 
 

@@ -17,7 +17,7 @@ try:
     import triton
     import triton.language as tl
 
-    from .lion_triton import cdiv, next_power_of_2
+    from .lion_triton import cdiv, is_interpreted, next_power_of_2
 except ImportError as error:  # the models catch this and use the PyTorch feature maps
     raise ImportError("the fused LION kernels need Triton (pip install triton)") from error
 
@@ -80,12 +80,8 @@ def _launch(kernel, kind: str, x: torch.Tensor, *tensors: torch.Tensor) -> None:
     dim = x.shape[-1]
     rows = x.numel() // dim
     block_d = max(16, next_power_of_2(dim))
-    block_r = max(1, _TILE // block_d) if not _is_interpreted() else 16
+    block_r = max(1, _TILE // block_d) if not is_interpreted() else 16
     kernel[(cdiv(rows, block_r),)](x, *tensors, rows, dim, KIND=KINDS[kind], BLOCK_R=block_r, BLOCK_D=block_d)
-
-
-def _is_interpreted() -> bool:
-    return not isinstance(_forward_kernel, triton.runtime.JITFunction)
 
 
 class _FeatureMap(torch.autograd.Function):
@@ -109,7 +105,7 @@ def unsupported(kind: str, x: torch.Tensor) -> str | None:
     """Why the kernels cannot map ``x``, or ``None``."""
     if kind not in KINDS:
         return f"feature map {kind!r} (the kernels take {', '.join(KINDS)})"
-    if x.device.type != "cuda" and not (x.device.type == "cpu" and _is_interpreted()):
+    if x.device.type != "cuda" and not (x.device.type == "cpu" and is_interpreted()):
         return f"{x.device.type} tensors (the kernels run on CUDA, or on the CPU through TRITON_INTERPRET=1)"
     if x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         return f"dtype {x.dtype} (the kernels take bfloat16, float16 and float32)"

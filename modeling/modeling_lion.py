@@ -12,6 +12,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.loss.loss_utils import fixed_cross_entropy
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
@@ -31,11 +32,11 @@ from .lion_attention import (
     ATTENTION_FORMS,
     check_attention_settings,
     check_that,
-    fused_kernels_may_run,
     is_compiling,
     kernel_device_reason,
     lion_attention,
     lion_attention_weights,
+    resolved_backend,
 )
 
 logger = logging.get_logger(__name__)
@@ -73,7 +74,12 @@ FEATURE_MAP_FUNCTIONS = {"identity": lambda x: x, "elu_plus_one": _elu_plus_one,
 def apply_feature_map(name: str, x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """``FEATURE_MAP_FUNCTIONS[name](x)``, through one fused kernel each way where the backend allows it and the
     kernel can take ``x`` (eager, CUDA or the interpreter, contiguous), else in PyTorch."""
-    if name != "identity" and fused_kernels_may_run(x, backend) and fused_feature_map_unsupported(name, x) is None:
+    if (
+        name != "identity"
+        and not is_compiling()
+        and resolved_backend(backend) != "pytorch"
+        and fused_feature_map_unsupported(name, x) is None
+    ):
         from .lion_triton_features import feature_map
 
         return feature_map(name, x)
@@ -912,8 +918,9 @@ class LionForMultipleChoice(_LionTextHead):
             flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids), flat(inputs_embeds), **kwargs
         )
         logits = self.classifier(self.dropout(outputs.pooler_output)).view(-1, num_choices)
-        # transformers has no shared multiple-choice loss: a plain cross-entropy over the choices, as in BERT.
-        loss = F.cross_entropy(logits, _class_labels(labels)) if labels is not None else None
+        # Cross-entropy over the choices, divided by Trainer's num_items_in_batch when it passes one (the model
+        # takes **kwargs, so Trainer leaves the gradient-accumulation scaling to it).
+        loss = fixed_cross_entropy(logits, _class_labels(labels), **kwargs) if labels is not None else None
         return MultipleChoiceModelOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
@@ -999,6 +1006,8 @@ class LionForImageClassificationWithTeacher(LionPreTrainedModel):
     """DeiT-style classifier: a class-token head and a distillation-token head, averaged at inference."""
 
     main_input_name = "pixel_values"
+    # Its loss is a batch mean: Trainer must scale it for gradient accumulation itself.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: LionConfig):
         super().__init__(config)
@@ -1047,16 +1056,17 @@ class LionForImageClassificationWithTeacher(LionPreTrainedModel):
 
 # The Auto class that loads each head: the one table behind every saved config's auto_map and lion_hf's
 # registration with the Auto classes. A text checkpoint loads into any text head (a new head is initialised).
+# Auto class -> the heads it loads (two for images: a config's `architectures` picks, as for DeiT).
 TEXT_AUTO_CLASSES = {
-    "AutoModel": LionModel,
-    "AutoModelForMaskedLM": LionForMaskedLM,
-    "AutoModelForSequenceClassification": LionForSequenceClassification,
-    "AutoModelForTokenClassification": LionForTokenClassification,
-    "AutoModelForQuestionAnswering": LionForQuestionAnswering,
-    "AutoModelForMultipleChoice": LionForMultipleChoice,
+    "AutoModel": (LionModel,),
+    "AutoModelForMaskedLM": (LionForMaskedLM,),
+    "AutoModelForSequenceClassification": (LionForSequenceClassification,),
+    "AutoModelForTokenClassification": (LionForTokenClassification,),
+    "AutoModelForQuestionAnswering": (LionForQuestionAnswering,),
+    "AutoModelForMultipleChoice": (LionForMultipleChoice,),
 }
 VISION_AUTO_CLASSES = {
-    "AutoModel": LionModel,
+    "AutoModel": (LionModel,),
     "AutoModelForImageClassification": (LionForImageClassification, LionForImageClassificationWithTeacher),
 }
 
@@ -1070,10 +1080,8 @@ def lion_auto_map(config: LionConfig) -> dict[str, str]:
 
     auto_map = {"AutoConfig": name(type(config))}
     for auto_class, heads in table.items():
-        if isinstance(heads, tuple):
-            # The head that `architectures` names (the distilled one has both classifiers).
-            heads = heads[1] if config.use_distillation_token else heads[0]
-        auto_map[auto_class] = name(heads)
+        # The head that `architectures` names (the distilled one has both classifiers).
+        auto_map[auto_class] = name(heads[1] if len(heads) > 1 and config.use_distillation_token else heads[0])
     return auto_map
 
 

@@ -70,8 +70,6 @@ def naive_lion_attention(
 def naive_attention_weights(q, k, log_decays=None, orders=None, *, normalize=False, eps=1e-6, key_padding_mask=None):
     """The masked score matrix ``(B, H, N, N)`` that :func:`naive_lion_attention` multiplies the values with."""
     eye = torch.eye(q.shape[2], dtype=torch.float64).expand(*q.shape[:2], -1, -1)
-    if key_padding_mask is not None:
-        eye = eye * key_padding_mask.bool()[:, None, :, None]
     return naive_lion_attention(
         q, k, eye, log_decays, orders, normalize=normalize, eps=eps, key_padding_mask=key_padding_mask
     )

@@ -18,6 +18,17 @@ REPO = Path(__file__).resolve().parents[1]
 FORMS = ("parallel", "chunk", "recurrent")
 VARIANTS = ("lit", "d", "s")
 VOCAB = 97
+# The Auto class that loads each head, written out (not read from the model's tables, which these tests check).
+HEAD_AUTO_CLASSES = {
+    "LionModel": "AutoModel",
+    "LionForMaskedLM": "AutoModelForMaskedLM",
+    "LionForSequenceClassification": "AutoModelForSequenceClassification",
+    "LionForTokenClassification": "AutoModelForTokenClassification",
+    "LionForQuestionAnswering": "AutoModelForQuestionAnswering",
+    "LionForMultipleChoice": "AutoModelForMultipleChoice",
+    "LionForImageClassification": "AutoModelForImageClassification",
+    "LionForImageClassificationWithTeacher": "AutoModelForImageClassification",
+}
 
 
 # --------------------------------------------------------------------------------------- comparisons

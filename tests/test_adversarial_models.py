@@ -135,7 +135,7 @@ def test_an_empty_batch_gives_empty_outputs_in_every_form(head):
     for form in FORMS:
         out = run_in_form(model, form, input_ids=ids, attention_mask=torch.ones(0, 6))
         for tensor in out.values():
-            assert tensor.shape[0] == 0 and torch.isfinite(tensor).all()
+            assert tensor.shape[0] == 0
     model = build(LionForMultipleChoice, tiny_text_config())
     assert run_in_form(model, "chunk", input_ids=torch.zeros(0, 3, 6, dtype=torch.long)).logits.shape == (0, 3)
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import (
+    HEAD_AUTO_CLASSES,
     assert_close,
     randomized,
     right_padded_mask,
@@ -101,6 +102,8 @@ def test_exported_folders_hold_exactly_the_hub_files(published):
         config = json.loads((folder / "config.json").read_text())
         assert config["auto_map"] == lion_auto_map(model.config), name
         assert config["architectures"] == [type(model).__name__]
+        head = type(model).__name__
+        assert config["auto_map"][HEAD_AUTO_CLASSES[head]] == f"modeling_lion.{head}", name
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")], "staging folders left behind"
     tokenizer_config = json.loads((published["mlm"][0] / "tokenizer_config.json").read_text())
     assert tokenizer_config["model_max_length"] == 64, "capped at the position table"
@@ -114,8 +117,7 @@ def test_exported_folders_load_without_lion_hf_with_the_same_outputs_and_run_the
     torch.save({"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}, tmp_path / "inputs.pt")
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8))
     photo.save(tmp_path / "photo.png")
-    auto = {name: next(k for k, v in lion_auto_map(m.config).items() if v.endswith("." + type(m).__name__))
-            for name, (_, m) in published.items()}  # fmt: skip
+    auto = {name: HEAD_AUTO_CLASSES[type(m).__name__] for name, (_, m) in published.items()}
     out = run_without_lion_hf(
         f"""
         import json, re, torch, transformers

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import tiny_text_config, tiny_vision_config
+from helpers import HEAD_AUTO_CLASSES, tiny_text_config, tiny_vision_config
 from huggingface_hub import ModelCard, metadata_load
 from huggingface_hub.repocard_data import eval_results_to_model_index
 
@@ -94,7 +94,8 @@ def test_each_head_gets_its_task_and_a_snippet_through_its_auto_class(architectu
     config = config_of(architecture, **settings)
     card = render_card(config, model_id="me/x")
     assert card.data.pipeline_tag == pipeline_tag
-    auto_class = next(name for name, ref in lion_auto_map(config).items() if ref == f"modeling_lion.{architecture}")
+    auto_class = HEAD_AUTO_CLASSES[architecture]
+    assert lion_auto_map(config)[auto_class] == f"modeling_lion.{architecture}"
     assert f"{auto_class}.from_pretrained(model_id, trust_remote_code=True" in card.text
     assert ("pipeline(" in card.text) == (architecture not in ("LionForQuestionAnswering", "LionForMultipleChoice"))
 

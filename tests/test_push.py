@@ -69,10 +69,11 @@ def no_token(monkeypatch, tmp_path):
 
 
 def uploaded_card(folder: Path) -> bytes:
-    """The folder's card with its usage snippet loading the repo, as the push uploads it."""
+    """The folder's card showing and loading the repo, as the push uploads it."""
     card = (folder / "README.md").read_text(encoding="utf-8")
-    assert card.count('model_id = "lion-d-mlm"') == 1
-    return card.replace('model_id = "lion-d-mlm"', f'model_id = "{REPO_ID}"').encode()
+    assert card.count('model_id = "lion-d-mlm"') == 1 and card.count("\n# lion-d-mlm\n") == 1
+    card = card.replace('model_id = "lion-d-mlm"', f'model_id = "{REPO_ID}"')
+    return card.replace("\n# lion-d-mlm\n", "\n# lion-s-mlm\n").encode()
 
 
 def folder_contents(folder: Path) -> dict[str, bytes]:

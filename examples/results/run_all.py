@@ -33,6 +33,8 @@ from pathlib import Path
 EXAMPLES = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(EXAMPLES))
 
+from common import script_command  # noqa: E402
+
 MLM_MODELS = {
     "BERT (SDPA)": ("bert", ""),
     "LION-LIT": ("lion", "variant=lit,"),
@@ -181,10 +183,6 @@ def image_argv(model_type: str, overrides: str, cifar: Path, output_dir: Path, s
 
 def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
-
-
-def command(run: dict) -> str:
-    return shlex.join(["python", f"examples/{run['script']}", *run["argv"]])
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -410,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {"environment": environment(), "smoke": args.smoke, "runs": []}
     started = time.perf_counter()
     for run in plan(settings, args.data, args.work, corpus):
-        entry = {key: run[key] for key in ("name", "group", "script", "argv")} | {"command": command(run)}
+        entry = {key: run[key] for key in ("name", "group", "script", "argv")}
+        entry["command"] = script_command(run["script"], run["argv"])
         report["runs"].append(entry)
         if time.perf_counter() - started > args.budget_s:
             entry["status"] = NOT_RUN

@@ -21,7 +21,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from lion_hf import LionConfig, LionForImageClassification  # noqa: E402
-from lion_hf.modeling import lion_triton_features  # noqa: E402
+from lion_hf.modeling import lion_triton, lion_triton_features  # noqa: E402
 from lion_hf.modeling.lion_attention import BACKEND_ENVIRONMENT_VARIABLE  # noqa: E402
 from lion_hf.modeling.modeling_lion import FEATURE_MAP_FUNCTIONS, apply_feature_map  # noqa: E402
 
@@ -89,8 +89,12 @@ def test_dispatch_takes_the_kernel_only_where_it_may(monkeypatch):
 
 
 @pytest.mark.parametrize("variant,order", [("lit", "raster"), ("d", "snake"), ("s", "snake")])
-def test_vision_model_through_the_kernels_matches_the_pytorch_path(variant, order):
+def test_vision_model_through_the_kernels_matches_the_pytorch_path(variant, order, monkeypatch):
     """Feature maps, attention and the decays' gradients all through kernels, against the forced PyTorch path."""
+    calls = []
+    for module, name in ((lion_triton, "parallel_attention"), (lion_triton_features, "feature_map")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
     config = LionConfig(
         modality="vision", variant=variant, patch_order=order, hidden_size=32, num_hidden_layers=2,
         num_attention_heads=2, image_size=16, patch_size=4, num_labels=3,
@@ -105,6 +109,8 @@ def test_vision_model_through_the_kernels_matches_the_pytorch_path(variant, orde
         loss = model(pixel_values=pixels, labels=labels).loss
         loss.backward()
         results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    # Two layers through the kernels with "auto", none with "pytorch".
+    assert calls == ["feature_map", "parallel_attention"] * 2
     (loss, grads), (want_loss, want_grads) = results
     assert torch.allclose(loss, want_loss, rtol=1e-5)
     assert grads.keys() == want_grads.keys()

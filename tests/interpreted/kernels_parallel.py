@@ -174,6 +174,19 @@ def test_padded_keys_holding_nan_reach_no_real_token():
     assert relative_error(out, expected) < 2e-6
 
 
+@pytest.mark.parametrize("form", ["parallel", "chunk"])
+def test_a_non_contiguous_padding_mask_reads_as_its_values(form):
+    """A (B, N) mask that is the transpose of an (N, B) one has other strides; the kernels must see its values."""
+    params, _, mask = make_inputs("s", 1, 21, 16, 16, False, seed=4)
+    q, k, v, logits = (p.detach() for p in params)
+    transposed = mask.t().contiguous().t()
+    assert not transposed.is_contiguous() and torch.equal(transposed, mask)
+    decays_ = [F.logsigmoid(logits[0])]
+    got = lion_attention(q, k, v, decays_, key_padding_mask=transposed.long(), form=form, chunk_size=16)
+    want = naive_lion_attention(q, k, v, decays_, key_padding_mask=mask)
+    assert relative_error(got, want) < 2e-6
+
+
 def test_float32_running_sums_keep_small_decays_on_long_sequences():
     """Gates near 0 then near 1: running sums reach ~-1e3 while the differences that matter are ~1e-4. A float32
     sum alone would err by ~1e-4 in those masks; the (high, low) pair keeps the output exact to float32."""
