@@ -337,7 +337,7 @@ def _operator(settings, device, group, lengths, configs) -> Iterator[dict]:
                         log_decays = [F.logsigmoid(gate)]
                         params += (gate,)
                     out = lion_attention(
-                        q * scale, k, v, log_decays, form=form, chunk_size=chunk_size or 64, normalize=True,
+                        q, k, v, log_decays, scale=scale, form=form, chunk_size=chunk_size or 64, normalize=True,
                         backend=backend,
                     )
                     torch.autograd.grad(out, params, grad)

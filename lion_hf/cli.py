@@ -63,8 +63,7 @@ def _implementations_for(device: str, dtype) -> list[tuple[str, str, str | None]
     """Every entry of the operator's dispatch table with why it would not run head-dim-64 inputs (or None)."""
     import torch
 
-    from lion_hf.modeling.lion_attention import IMPLEMENTATIONS
-    from lion_hf.modeling.modeling_lion import fused_feature_map_unsupported
+    from lion_hf.modeling.lion_attention import IMPLEMENTATIONS, fused_feature_maps_unsupported
 
     if device == "cuda" and not torch.cuda.is_available():
         # The dispatch reads only the inputs' device, dtype and shape, which fake tensors have without a GPU.
@@ -80,7 +79,7 @@ def _implementations_for(device: str, dtype) -> list[tuple[str, str, str | None]
         reason = implementation.unsupported(q, q, q, None, None, **options)
         rows.append((implementation.form, implementation.backend, reason))
     # The feature maps of queries and keys (silu_shift_l2 standing for both), chosen by the same backend setting.
-    rows += [("features", "triton", fused_feature_map_unsupported("silu_shift_l2", q)), ("features", "pytorch", None)]
+    rows += [("features", "triton", fused_feature_maps_unsupported("silu_shift_l2", q, q)), ("features", "pytorch", None)]
     return rows
 
 

@@ -23,6 +23,10 @@ Without a decay (LION-LIT) the mask is all ones and every form reduces to ``Q (K
 compute (the parallel form keeps ``(Q K^T) V`` when the sequence is no longer than the head dimension, or when
 score dropout needs the matrix).
 
+Queries and keys enter raw: ``lion_attention`` applies the feature map (``feature_map=``, one of
+``FEATURE_MAP_FUNCTIONS``) to both and multiplies the queries by ``scale``, so that an implementation may fuse
+both into its own kernels (the parallel kernels do, in eager mode: one autograd node for the whole layer's mixing).
+
 Row normalisation (``normalize=True``: ``Y = (A V) / (rowsum(A) + eps)``) is computed by every form by carrying a
 column of ones next to the values, so the normaliser sees exactly the same mask as the numerator.
 
@@ -95,6 +99,19 @@ _CHECKED_ORDERS = WeakIdKeyDictionary()
 _ORDER_STEPS = WeakIdKeyDictionary()
 
 
+def _elu_plus_one(x: torch.Tensor) -> torch.Tensor:
+    return F.elu(x) + 1
+
+
+def _silu_shift_l2(x: torch.Tensor) -> torch.Tensor:
+    x = F.silu(x) + 0.5
+    # Autocast computes the norm in float32; dividing by it in x's dtype keeps bf16 queries and keys bf16.
+    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).to(x.dtype)
+
+
+FEATURE_MAP_FUNCTIONS = {"identity": lambda x: x, "elu_plus_one": _elu_plus_one, "silu_shift_l2": _silu_shift_l2}
+
+
 def is_compiling() -> bool:
     """Under torch.compile, torch.export or torch.jit.trace: data-dependent Python branches are not allowed."""
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
@@ -138,6 +155,8 @@ def lion_attention(
     log_decays: Sequence[torch.Tensor] | None = None,
     orders: Sequence[torch.Tensor] | None = None,
     *,
+    feature_map: str = "identity",
+    scale: float = 1.0,
     form: str = "parallel",
     chunk_size: int = 64,
     normalize: bool = False,
@@ -151,14 +170,16 @@ def lion_attention(
     """Masked bidirectional linear attention.
 
     Args:
-        q, k: ``(B, H, N, D)`` feature-mapped and (for ``q``) scaled queries and keys.
-        v: ``(B, H, N, Dv)`` values.
+        q, k: ``(B, H, N, D)`` queries and keys before the feature map (any strides).
+        v: ``(B, H, N, Dv)`` values (any strides).
         log_decays: ``None`` for no decay (LION-LIT), else one tensor per path of shape ``(B or 1, H, N)``
             holding ``log a_t <= 0`` of every token, indexed in token order. One that is constant along the tokens
             and expanded to the length (stride 0, e.g. ``logsigmoid(w).view(1, H, 1).expand(1, H, N)``) is LION-D
             and takes the closed form.
         orders: ``None`` for the natural order, else one ``LongTensor`` ``(N,)`` per path: ``orders[p][l]`` is
             the token visited at step ``l`` of path ``p``.
+        feature_map: applied to ``q`` and ``k``, one of ``FEATURE_MAP_FUNCTIONS``.
+        scale: what the feature-mapped queries are multiplied by (e.g. ``D ** -0.5``).
         form: one of ``ATTENTION_FORMS``.
         chunk_size: tokens per chunk for the ``chunk`` form and per step of the ``recurrent`` form (any
             positive size; the last chunk may be shorter).
@@ -172,15 +193,16 @@ def lion_attention(
             ``key_padding_mask`` included (one contiguous run of real tokens per row).
 
     Returns:
-        ``(B, H, N, Dv)`` in the compute dtype: the autocast dtype under autocast, else the dtype of ``q``.
+        ``(B, H, N, Dv)`` in the compute dtype: the autocast dtype under autocast, else the dtype of ``q``; not
+        necessarily contiguous (the fused kernels write it as ``(B, N, H, Dv)``, the layout of the heads' merge).
     """
     check_attention_settings(form, chunk_size, backend)
+    check_choice("feature_map", feature_map, FEATURE_MAP_FUNCTIONS)
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}.")
     log_decays, key_padding_mask = _checked_inputs(q, k, v, log_decays, orders, key_padding_mask, check_values)
     dtype = _compute_dtype(q)
-    # Contiguous heads: batched matrix products would otherwise copy them again at every use.
-    q, k, v = (t.to(dtype).contiguous() for t in (q, k, v))
+    q, k, v = (t.to(dtype) for t in (q, k, v))
     if q.shape[0] == 0 or q.shape[2] == 0:
         # No sample or no token: the empty product (every implementation may assume at least one of each).
         return q @ k.transpose(-1, -2) @ v
@@ -194,7 +216,42 @@ def lion_attention(
         dropout_p=dropout_p if training and form == "parallel" else 0.0,
     )
     implementation = select_implementation(form, backend, q, k, v, log_decays, orders, **options)
+    if implementation.maps_features:
+        return implementation.run(q, k, v, log_decays, orders, feature_map=feature_map, scale=scale, **options)
+    q, k = feature_maps(feature_map, q, k, scale, backend)
+    # Contiguous heads: batched matrix products would otherwise copy them again at every use.
+    q, k, v = (t.contiguous() for t in (q, k, v))
     return implementation.run(q, k, v, log_decays, orders, **options)
+
+
+def feature_maps(name: str, q: torch.Tensor, k: torch.Tensor, scale: float = 1.0, backend: str = "auto"):
+    """``(map(q) * scale, map(k))`` for feature map ``name``: one fused kernel each way for both where the backend
+    allows it and the kernels can take them (eager, CUDA or the interpreter), else in PyTorch."""
+    if (
+        name != "identity"
+        and not is_compiling()
+        and resolved_backend(backend) != "pytorch"
+        and fused_feature_maps_unsupported(name, q, k) is None
+    ):
+        from .lion_triton_features import feature_maps as fused
+
+        return fused(name, q, k, scale)
+    function = FEATURE_MAP_FUNCTIONS[name]
+    q = function(q)
+    return (q if scale == 1.0 else q * scale), function(k)
+
+
+def fused_feature_maps_unsupported(name: str, q: torch.Tensor, k: torch.Tensor) -> str | None:
+    """Why the fused kernels cannot apply feature map ``name`` to ``q`` and ``k``, or ``None``."""
+    reason = kernel_device_reason(q)
+    if reason is not None:
+        return reason
+    try:
+        # A literal relative import, so that saved checkpoints carry the file.
+        from .lion_triton_features import unsupported
+    except ImportError:
+        return "triton is not installed"
+    return unsupported(name, q, k)
 
 
 def lion_attention_weights(
@@ -203,6 +260,8 @@ def lion_attention_weights(
     log_decays: Sequence[torch.Tensor] | None = None,
     orders: Sequence[torch.Tensor] | None = None,
     *,
+    feature_map: str = "identity",
+    scale: float = 1.0,
     normalize: bool = False,
     eps: float = 1e-6,
     key_padding_mask: torch.Tensor | None = None,
@@ -213,9 +272,11 @@ def lion_attention_weights(
     ``(q k^T) * M`` with the decay mask of the same arguments, padded keys' columns zero, and with ``normalize``
     divided by its row sums plus ``eps``; no dropout. It is materialised, so its memory grows as ``N^2``.
     """
+    check_choice("feature_map", feature_map, FEATURE_MAP_FUNCTIONS)
     log_decays, key_padding_mask = _checked_inputs(q, k, k, log_decays, orders, key_padding_mask, check_values)
     dtype = _compute_dtype(q)
     mask_dtype = _mask_dtype(dtype)
+    q, k = feature_maps(feature_map, q.to(dtype), k.to(dtype), scale, backend="pytorch")
     scores = q.to(mask_dtype) @ k.to(mask_dtype).transpose(-1, -2)
     if key_padding_mask is not None:
         scores = scores.masked_fill(~key_padding_mask[:, None, None, :], 0.0)
@@ -241,12 +302,15 @@ class AttentionImplementation:
     one entry (a permutation or ``None``) per path, a boolean ``key_padding_mask`` or ``None``, and a
     ``dropout_p`` that is already 0 outside training.
     ``unsupported`` takes the same arguments and returns why it cannot run them, or ``None`` when it can.
+    With ``maps_features``, ``run`` gets ``q``, ``k`` and ``v`` as given (any strides), ``q`` and ``k`` before the
+    feature map, and the keyword arguments ``feature_map`` and ``scale`` too.
     """
 
     backend: str
     form: str
     run: Callable[..., torch.Tensor]
     unsupported: Callable[..., str | None]
+    maps_features: bool = False
 
 
 def select_implementation(form: str, backend: str, *args, **options) -> AttentionImplementation:
@@ -861,7 +925,7 @@ def _triton_chunk(name: str) -> Callable:
 
 # Tried in this order by the "auto" backend; fused kernels go before the PyTorch forms they replace.
 IMPLEMENTATIONS: tuple[AttentionImplementation, ...] = (
-    AttentionImplementation("triton", "parallel", _triton_parallel, _triton_parallel_unsupported),
+    AttentionImplementation("triton", "parallel", _triton_parallel, _triton_parallel_unsupported, maps_features=True),
     AttentionImplementation("pytorch", "parallel", _pytorch_form(_parallel_form), _runs_anywhere),
     AttentionImplementation("triton", "chunk", _triton_chunk("chunk"), _triton_chunk("unsupported")),
     AttentionImplementation("pytorch", "chunk", _pytorch_form(_chunk_form), _runs_anywhere),

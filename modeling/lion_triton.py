@@ -35,7 +35,7 @@ import re
 
 import torch
 
-from .lion_attention import is_constant_along_length, order_steps
+from .lion_attention import FEATURE_MAP_FUNCTIONS, is_constant_along_length, order_steps
 
 try:
     import triton
@@ -138,27 +138,32 @@ def _keep(seed, bh, qi, kj, N, threshold):
 
 
 @triton.jit
-def _program(H, N, D, DV, BLOCK: tl.constexpr):
+def _program(H, N, D, svb, svh, sob, soh, BLOCK: tl.constexpr):
     """This program's batch x head index, batch, head, block of tokens (grid axis 0), and where its head starts
-    in the (B, H, N, D) and (B, H, N, DV) tensors."""
+    in the contiguous (B, H, N, D) queries and keys, in the values (batch and head strides ``svb``, ``svh``) and in
+    the outputs and their gradients (``sob``, ``soh``)."""
     bh = tl.program_id(1)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    return bh, bh // H, bh % H, offs, bh.to(tl.int64) * N * D, bh.to(tl.int64) * N * DV
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    return bh, bh // H, bh % H, offs, bh.to(tl.int64) * N * D, b * svb + h * svh, b * sob + h * soh
 
 
 @triton.jit
-def _rows(PTR, base, rows, rows_ok, width, cols):
-    """Rows ``rows`` of the (tokens, ``width``) matrix at ``PTR + base``; zeros where ``rows_ok`` is false and past
-    the width."""
+def _rows(PTR, base, rows, rows_ok, width, cols, stride):
+    """Rows ``rows`` of the (tokens, ``width``) matrix at ``PTR + base`` with row stride ``stride``; zeros where
+    ``rows_ok`` is false and past the width."""
     return tl.load(
-        PTR + base + rows[:, None] * width + cols[None, :], mask=rows_ok[:, None] & (cols[None, :] < width), other=0.0
+        PTR + base + rows[:, None].to(tl.int64) * stride + cols[None, :],
+        mask=rows_ok[:, None] & (cols[None, :] < width),
+        other=0.0,
     )
 
 
 @triton.jit
-def _store_rows(PTR, base, rows, rows_ok, width, cols, value):
+def _store_rows(PTR, base, rows, rows_ok, width, cols, stride, value):
     tl.store(
-        PTR + base + rows[:, None] * width + cols[None, :],
+        PTR + base + rows[:, None].to(tl.int64) * stride + cols[None, :],
         value.to(PTR.dtype.element_ty),
         mask=rows_ok[:, None] & (cols[None, :] < width),
     )
@@ -177,16 +182,16 @@ def _real_keys(PAD, b, offs_n, N, HAS_PAD: tl.constexpr):
 @triton.jit
 def _forward_kernel(
     Q, K, V, OUT, Z, PAD, POS, DECAY, U, W, U_LO, W_LO, SEED,
-    H, N, D, DV, path_stride, batch_stride, eps, drop_threshold, drop_scale,
+    H, N, D, DV, svb, svh, svn, sob, soh, son, path_stride, batch_stride, eps, drop_threshold, drop_scale,
     NUM_PATHS: tl.constexpr, DISTANCE: tl.constexpr, HAS_LO: tl.constexpr, HAS_PAD: tl.constexpr,
     DROPOUT: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
-    bh, b, h, offs_m, qk_base, v_base = _program(H, N, D, DV, BLOCK_M)
+    bh, b, h, offs_m, qk_base, v_base, o_base = _program(H, N, D, svb, svh, sob, soh, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     rows_ok = offs_m < N
-    q = _rows(Q, qk_base, offs_m, rows_ok, D, offs_d)
+    q = _rows(Q, qk_base, offs_m, rows_ok, D, offs_d, D)
     acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
     z = tl.zeros((BLOCK_M,), dtype=tl.float32)
     seed = 0
@@ -195,8 +200,8 @@ def _forward_kernel(
     for start_n in range(0, N, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         keys_ok = _real_keys(PAD, b, offs_n, N, HAS_PAD)
-        k = _rows(K, qk_base, offs_n, keys_ok, D, offs_d)
-        v = _rows(V, v_base, offs_n, keys_ok, DV, offs_dv)
+        k = _rows(K, qk_base, offs_n, keys_ok, D, offs_d, D)
+        v = _rows(V, v_base, offs_n, keys_ok, DV, offs_dv, svn)
         a = tl.dot(q, tl.trans(k), input_precision=PRECISION)
         if NUM_PATHS > 0:
             mask, _, _, _, _ = _decay_mask(
@@ -213,13 +218,13 @@ def _forward_kernel(
     if NORMALIZE:
         acc = acc / (z + eps)[:, None]
         tl.store(Z + bh * N + offs_m, z, mask=rows_ok)
-    _store_rows(OUT, v_base, offs_m, rows_ok, DV, offs_dv, acc)
+    _store_rows(OUT, o_base, offs_m, rows_ok, DV, offs_dv, son, acc)
 
 
 @triton.jit
 def _backward_q_kernel(
     Q, K, V, OUT, Z, DY, INV, DELTA, DQ, GRAD_U, GRAD_W, PAD, POS, DECAY, U, W, U_LO, W_LO, SEED,
-    H, N, D, DV, path_stride, batch_stride, eps, drop_threshold, drop_scale,
+    H, N, D, DV, svb, svh, svn, sob, soh, son, path_stride, batch_stride, eps, drop_threshold, drop_scale,
     NUM_PATHS: tl.constexpr, DISTANCE: tl.constexpr, HAS_LO: tl.constexpr, HAS_PAD: tl.constexpr,
     DROPOUT: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -230,15 +235,15 @@ def _backward_q_kernel(
     ``dP_ij = dN_i . v_j + dZ_i``; ``1 / (Z + eps)`` and ``dZ`` are left in ``INV`` and ``DELTA`` for the key
     kernel. LION-S: ``GRAD_U``/``GRAD_W`` receive the row sums of ``G`` over the keys each query comes after /
     before; LION-D: ``GRAD_U`` receives ``sum_j |pos_i - pos_j| G_ij``, its final gradient."""
-    bh, b, h, offs_m, qk_base, v_base = _program(H, N, D, DV, BLOCK_M)
+    bh, b, h, offs_m, qk_base, v_base, o_base = _program(H, N, D, svb, svh, sob, soh, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     rows_ok = offs_m < N
-    q = _rows(Q, qk_base, offs_m, rows_ok, D, offs_d)
-    dy = _rows(DY, v_base, offs_m, rows_ok, DV, offs_dv)
+    q = _rows(Q, qk_base, offs_m, rows_ok, D, offs_d, D)
+    dy = _rows(DY, o_base, offs_m, rows_ok, DV, offs_dv, son)
     if NORMALIZE:
         inv = 1.0 / (tl.load(Z + bh * N + offs_m, mask=rows_ok, other=0.0) + eps)
-        y = _rows(OUT, v_base, offs_m, rows_ok, DV, offs_dv).to(tl.float32)
+        y = _rows(OUT, o_base, offs_m, rows_ok, DV, offs_dv, son).to(tl.float32)
         delta = -tl.sum(dy.to(tl.float32) * y, 1) * inv
         tl.store(INV + bh * N + offs_m, inv, mask=rows_ok)
         tl.store(DELTA + bh * N + offs_m, delta, mask=rows_ok)
@@ -254,8 +259,8 @@ def _backward_q_kernel(
     for start_n in range(0, N, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         keys_ok = _real_keys(PAD, b, offs_n, N, HAS_PAD)
-        k = _rows(K, qk_base, offs_n, keys_ok, D, offs_d)
-        v = _rows(V, v_base, offs_n, keys_ok, DV, offs_dv)
+        k = _rows(K, qk_base, offs_n, keys_ok, D, offs_d, D)
+        v = _rows(V, v_base, offs_n, keys_ok, DV, offs_dv, svn)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
         dp = tl.dot(dy, tl.trans(v), input_precision=PRECISION)
         if NORMALIZE:
@@ -286,7 +291,7 @@ def _backward_q_kernel(
                     after1 += tl.sum(tl.where(delta1 > 0, g1, 0.0), 1)
                     before1 += tl.sum(tl.where(delta1 < 0, g1, 0.0), 1)
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PRECISION)
-    _store_rows(DQ, qk_base, offs_m, rows_ok, D, offs_d, dq)
+    _store_rows(DQ, qk_base, offs_m, rows_ok, D, offs_d, D, dq)
     if NUM_PATHS > 0:
         path_size = tl.num_programs(1) * N
         tl.store(GRAD_U + bh * N + offs_m, after0, mask=rows_ok)
@@ -301,7 +306,7 @@ def _backward_q_kernel(
 @triton.jit
 def _backward_kv_kernel(
     Q, K, V, DY, INV, DELTA, DK, DVAL, GRAD_U, GRAD_W, PAD, POS, DECAY, U, W, U_LO, W_LO, SEED,
-    H, N, D, DV, path_stride, batch_stride, drop_threshold, drop_scale,
+    H, N, D, DV, svb, svh, svn, sob, soh, son, path_stride, batch_stride, drop_threshold, drop_scale,
     NUM_PATHS: tl.constexpr, DISTANCE: tl.constexpr, HAS_LO: tl.constexpr, HAS_PAD: tl.constexpr,
     DROPOUT: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -310,13 +315,13 @@ def _backward_kv_kernel(
     (the query kernel's row sums, in ``GRAD_U``/``GRAD_W``, combined with this kernel's column sums in place).
 
     Tiles are (keys, queries), the transpose of the forward's, so that ``dk`` and ``dv`` are plain products."""
-    bh, b, h, offs_n, qk_base, v_base = _program(H, N, D, DV, BLOCK_N)
+    bh, b, h, offs_n, qk_base, v_base, o_base = _program(H, N, D, svb, svh, sob, soh, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     in_range = offs_n < N
     keys_ok = _real_keys(PAD, b, offs_n, N, HAS_PAD)
-    k = _rows(K, qk_base, offs_n, keys_ok, D, offs_d)
-    v = _rows(V, v_base, offs_n, keys_ok, DV, offs_dv)
+    k = _rows(K, qk_base, offs_n, keys_ok, D, offs_d, D)
+    v = _rows(V, v_base, offs_n, keys_ok, DV, offs_dv, svn)
     dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_DV), dtype=tl.float32)
     after0 = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -329,8 +334,8 @@ def _backward_kv_kernel(
     for start_m in range(0, N, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         rows_ok = offs_m < N
-        q = _rows(Q, qk_base, offs_m, rows_ok, D, offs_d)
-        dy = _rows(DY, v_base, offs_m, rows_ok, DV, offs_dv)
+        q = _rows(Q, qk_base, offs_m, rows_ok, D, offs_d, D)
+        dy = _rows(DY, o_base, offs_m, rows_ok, DV, offs_dv, son)
         if NORMALIZE:
             inv = tl.load(INV + bh * N + offs_m, mask=rows_ok, other=0.0)
             dy = (dy.to(tl.float32) * inv[:, None]).to(q.dtype)
@@ -365,8 +370,8 @@ def _backward_kv_kernel(
                 g1 = g_t * m1
                 after1 += tl.sum(tl.where(delta1 > 0, g1, 0.0), 1)
                 before1 += tl.sum(tl.where(delta1 < 0, g1, 0.0), 1)
-    _store_rows(DK, qk_base, offs_n, in_range, D, offs_d, dk)
-    _store_rows(DVAL, v_base, offs_n, in_range, DV, offs_dv, dv)
+    _store_rows(DK, qk_base, offs_n, in_range, D, offs_d, D, dk)
+    _store_rows(DVAL, o_base, offs_n, in_range, DV, offs_dv, son, dv)
     if NUM_PATHS > 0 and not DISTANCE:
         _finish_segment_gradient(GRAD_U, GRAD_W, bh * N + offs_n, in_range, after0, before0)
         if NUM_PATHS == 2:
@@ -441,29 +446,50 @@ def _pointers(q, padding, positions, distance, u, w, u_lo, w_lo, seed) -> list[t
     return [q if t is None else t for t in tensors]
 
 
+def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _output(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """An empty ``(B, H, N, Dv)`` output laid out as ``(B, N, H, Dv)``: merging the heads afterwards is a view."""
+    batch, heads, length, _ = q.shape
+    return q.new_empty(batch, length, heads, v.shape[-1]).transpose(1, 2)
+
+
+def _strides(v: torch.Tensor, out: torch.Tensor) -> tuple[int, ...]:
+    """Batch, head and token strides of the values, then of the outputs (theirs are the gradients' too)."""
+    return (*v.stride()[:3], *out.stride()[:3])
+
+
 def _forward(q, k, v, padding, positions, distance, u, w, u_lo, w_lo, seed, dropout_p, normalize, eps):
     """``(Y, Z)``: the output and, when ``normalize``, the row sums ``(B, H, N)`` float32 (else empty)."""
     batch, heads, length, dim = q.shape
     value_dim = v.shape[-1]
-    out = torch.empty(batch, heads, length, value_dim, device=q.device, dtype=q.dtype)
+    q, k, v = q.contiguous(), k.contiguous(), _last_dim_contiguous(v)
+    out = _output(q, v)
     z = torch.empty(batch, heads, length if normalize else 0, device=q.device, dtype=torch.float32)
     config = _blocks("forward", length, q.dtype)
     path_stride, batch_stride = _decay_strides(distance, u)
     threshold, scale = _dropout_arguments(dropout_p)
     _forward_kernel[(cdiv(length, config["BLOCK_M"]), batch * heads)](
         q, k, v, out, z if normalize else q, *_pointers(q, padding, positions, distance, u, w, u_lo, w_lo, seed),
-        heads, length, dim, value_dim, path_stride, batch_stride, eps, threshold, scale,
+        heads, length, dim, value_dim, *_strides(v, out), path_stride, batch_stride, eps, threshold, scale,
         **_flags(q, v, positions, distance, u_lo, padding, dropout_p, normalize), **config,
     )  # fmt: skip
     return out, z
 
 
-def _backward(grad_out, q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed, dropout_p, normalize, eps):
-    """``(dq, dk, dv, d distance, d u, d w)``; the gradients of absent decays are empty tensors."""
+def _backward(
+    grad_out, q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed, dropout_p, normalize, eps, dqk=None
+):
+    """``(dq, dk, dv, d distance, d u, d w)``; the gradients of absent decays are empty tensors. ``dq`` and ``dk``
+    are written into ``dqk`` ``(2, B, H, N, D)`` when given, ``dv`` in the layout of ``out``."""
     batch, heads, length, dim = q.shape
     value_dim = v.shape[-1]
-    dy = grad_out.contiguous()
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    q, k, v = q.contiguous(), k.contiguous(), _last_dim_contiguous(v)
+    dy = grad_out if grad_out.stride() == out.stride() else torch.empty_like(out).copy_(grad_out)
+    dq, dk = (torch.empty_like(q), torch.empty_like(k)) if dqk is None else dqk.unbind(0)
+    dv = torch.empty_like(out)
     paths = 0 if positions is None else positions.shape[0]
     grad_u = torch.empty(max(paths, 1), batch, heads, length, device=q.device, dtype=torch.float32)
     grad_w = torch.empty_like(grad_u) if u is not None else grad_u
@@ -478,13 +504,15 @@ def _backward(grad_out, q, k, v, out, z, padding, positions, distance, u, w, u_l
     config = _blocks("backward_q", length, q.dtype)
     _backward_q_kernel[(cdiv(length, config["BLOCK_M"]), batch * heads)](
         q, k, v, out, z, dy, inv, delta, dq, grad_u, grad_w, *pointers,
-        heads, length, dim, value_dim, path_stride, batch_stride, eps, threshold, scale, **flags, **config,
+        heads, length, dim, value_dim, *_strides(v, out), path_stride, batch_stride, eps, threshold, scale,
+        **flags, **config,
     )  # fmt: skip
     # After the query kernel on the same stream: it reads the normaliser terms and row sums that kernel left.
     config = _blocks("backward_kv", length, q.dtype)
     _backward_kv_kernel[(cdiv(length, config["BLOCK_N"]), batch * heads)](
         q, k, v, dy, inv, delta, dk, dv, grad_u, grad_w, *pointers,
-        heads, length, dim, value_dim, path_stride, batch_stride, threshold, scale, **flags, **config,
+        heads, length, dim, value_dim, *_strides(v, out), path_stride, batch_stride, threshold, scale,
+        **flags, **config,
     )  # fmt: skip
 
     def none():  # a fresh empty tensor each: an operator's outputs may not alias each other
@@ -528,8 +556,7 @@ def _forward_op(q, k, v, *terms):
 def _(q, k, v, *terms):
     batch, heads, length, _ = q.shape
     normalize = terms[-2]
-    out = q.new_empty(batch, heads, length, v.shape[-1])
-    return out, q.new_empty(batch, heads, length if normalize else 0, dtype=torch.float32)
+    return _output(q, v), q.new_empty(batch, heads, length if normalize else 0, dtype=torch.float32)
 
 
 @torch.library.custom_op(
@@ -548,7 +575,8 @@ def _(grad_out, q, k, v, out, z, padding, positions, distance, u, *rest):
         return q.new_empty(0) if decay is None else torch.empty_like(decay)
 
     w = rest[0]
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), like(distance), like(u), like(w)
+    q, k = q.contiguous(), k.contiguous()
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(out), like(distance), like(u), like(w)
 
 
 def _setup_context(ctx, inputs, output):
@@ -574,27 +602,42 @@ _forward_op.register_autograd(_backward_of_forward_op, setup_context=_setup_cont
 
 
 class _EagerAttention(torch.autograd.Function):
-    """The same forward and backward as the operators, for eager mode, with the decay terms inside: the running
-    sums, their float32 split and the path orders are formed here without autograd, and the backward turns the
-    kernels' gradients of the sums into those of the log-decays itself (reversed running sums, gathers by the
-    inverse orders). A training step pays the host time of every autograd node once per layer and twice with the
-    backward; here the decays add none, and the backward of the orders' indexing (an atomic scatter) is gone."""
+    """The same forward and backward as the operators, for eager mode, with the feature map and the decay terms
+    inside: one autograd node for the layer's whole token mixing. The queries and keys are mapped (and the queries
+    scaled) by one fused kernel, read in place from the projection's output, and mapped again in the backward
+    instead of being kept; the running sums, their float32 split and the path orders are formed without autograd,
+    and the backward turns the kernels' gradients of the sums into those of the log-decays itself (reversed running
+    sums, gathers by the inverse orders). A training step pays the host time of every autograd node once per layer
+    and again in the backward; here the feature map, the scale and the decays add none."""
 
     @staticmethod
-    def forward(ctx, q, k, v, padding, seed, options, orders, *log_decays):
-        terms = _decay_terms(q, log_decays or None, orders)
-        out, z = _forward(q, k, v, padding, *terms, seed, *options)
-        ctx.save_for_backward(q, k, v, out, z, padding, *terms, seed)
-        ctx.options, ctx.orders = options, orders
+    def forward(ctx, q, k, v, padding, seed, options, features, orders, *log_decays):
+        q, k = _mappable(q, k, features[0])
+        mapped_q, mapped_k = _map_features(q, k, *features)
+        terms = _decay_terms(mapped_q, log_decays or None, orders)
+        out, z = _forward(mapped_q, mapped_k, v, padding, *terms, seed, *options)
+        # Without a feature map the scaled queries are kept (a copy either way); with one, the raw inputs.
+        kept = (mapped_q, mapped_k) if features[0] == "identity" else (q, k)
+        ctx.save_for_backward(*kept, v, out, z, padding, *terms, seed)
+        ctx.options, ctx.features, ctx.orders = options, features, orders
         ctx.decays = [(log_decay.shape, log_decay.dtype) for log_decay in log_decays]
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed = ctx.saved_tensors
-        dq, dk, dv, grad_distance, grad_u, grad_w = _backward(
-            grad_out, q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed, *ctx.options
-        )
+        kind, scale = ctx.features
+        mapped = kind != "identity"
+        mapped_q, mapped_k = _map_features(q, k, *ctx.features) if mapped else (q, k)
+        dqk = q.new_empty((2, *q.shape))
+        _, _, dv, grad_distance, grad_u, grad_w = _backward(
+            grad_out, mapped_q, mapped_k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed,
+            *ctx.options, dqk=dqk,
+        )  # fmt: skip
+        if mapped:
+            dqk = lion_triton_features.map_pair_backward(kind, q, k, scale, dqk)
+        else:
+            dqk[0] *= scale
         if distance is not None:
             grads = [_constant_gradient(g, *decay) for g, decay in zip(grad_distance, ctx.decays)]
         elif u is not None:
@@ -605,7 +648,21 @@ class _EagerAttention(torch.autograd.Function):
             ]
         else:
             grads = []
-        return dq, dk, dv, None, None, None, None, *grads
+        return dqk[0], dqk[1], dv, None, None, None, None, None, *grads
+
+
+def _mappable(q: torch.Tensor, k: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``q`` and ``k`` as the feature-map kernel reads them: the same strides, the last dim contiguous."""
+    if kind == "identity" or (q.stride() == k.stride() and q.stride(-1) == 1):
+        return q, k
+    return q.contiguous(), k.contiguous()
+
+
+def _map_features(q, k, kind: str, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(map(q) * scale, map(k))``, contiguous, without autograd."""
+    if kind == "identity":
+        return (q * scale).contiguous(), k.contiguous()
+    return lion_triton_features.map_pair(kind, q, k, scale).unbind(0)
 
 
 def _constant_gradient(grad: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
@@ -660,17 +717,25 @@ def unsupported(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_
     return None
 
 
-def parallel_attention(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_padding_mask, dropout_p):
-    """The parallel form through the fused kernels (``AttentionImplementation.run`` of ``lion_attention``)."""
+def parallel_attention(
+    q, k, v, log_decays, orders, *, feature_map, scale, chunk_size, normalize, eps, key_padding_mask, dropout_p
+):
+    """The parallel form through the fused kernels (``AttentionImplementation.run`` of ``lion_attention``, which
+    leaves the feature map and the scale to it)."""
     seed = None
     if dropout_p > 0.0:
         # Drawn from torch's generator: torch.manual_seed reproduces the dropout, and recomputation under
         # activation checkpointing (which restores the generator) draws the same mask.
         seed = torch.randint(0, 2**62, (1,), device=q.device, dtype=torch.int64)
     if torch.compiler.is_compiling():
+        # The PyTorch feature map, which inductor fuses with its neighbours.
+        q = FEATURE_MAP_FUNCTIONS[feature_map](q) * scale
+        k = FEATURE_MAP_FUNCTIONS[feature_map](k)
         terms = _decay_terms(q, log_decays, orders)
         return _forward_op(q, k, v, key_padding_mask, *terms, seed, dropout_p, normalize, eps)[0]
-    return _EagerAttention.apply(q, k, v, key_padding_mask, seed, (dropout_p, normalize, eps), orders, *(log_decays or ()))
+    return _EagerAttention.apply(
+        q, k, v, key_padding_mask, seed, (dropout_p, normalize, eps), (feature_map, scale), orders, *(log_decays or ())
+    )
 
 
 def _decay_terms(q, log_decays, orders):
@@ -724,3 +789,7 @@ def _segment_sums(log_decay, order, step, dtype):
     if step is None:
         return exclusive, inclusive
     return exclusive[..., step], inclusive[..., step]
+
+
+# Last, and as a module: the feature-map module imports this one's launch helpers, and either may load first.
+from . import lion_triton_features  # noqa: E402

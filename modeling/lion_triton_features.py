@@ -1,10 +1,12 @@
 """Fused Triton kernels for the feature maps of queries and keys (``elu_plus_one``, ``silu_shift_l2``).
 
 In PyTorch ``silu_shift_l2`` is five kernels forward and about as many backward, each a pass over the queries and
-keys through HBM (and a strided broadcast for the division by the row norm); here it is one pass each way: a
-program takes a block of rows, computes the map in float32 registers (the row norm over the head dim included) and
-writes the result in the input's dtype; the backward recomputes the map from the saved input instead of keeping it.
-Eager only: under ``torch.compile`` the models use the PyTorch functions, which inductor fuses itself.
+keys through HBM (and a strided broadcast for the division by the row norm); here it is one launch each way for the
+queries and the keys together: a program takes a block of rows of one of them, read in place from any (B, H, N, D)
+strides (a view of the fused qkv projection's output needs no copy), computes the map in float32 registers (the row
+norm over the head dim included), multiplies the queries by the attention scale and writes both into one contiguous
+``(2, B, H, N, D)`` tensor; the backward recomputes the map from the raw input instead of keeping it.
+Eager only: under ``torch.compile`` the PyTorch functions run, which inductor fuses itself.
 
 Triton is optional: this module raises ``ImportError`` without it (the models then use PyTorch). Under
 ``TRITON_INTERPRET=1`` (set before this module is imported) the kernels run on CPU tensors through Triton's
@@ -41,30 +43,62 @@ def _row_norm(s, row_ok):
 
 
 @triton.jit
-def _forward_kernel(X, Y, rows, dim, KIND: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+def _pair_rows(sb, sh, sn, heads, length, BLOCK_R: tl.constexpr):
+    """This program's input (queries on grid axis 1 = 0, keys on 1), its rows of the (B, H, N) row space and their
+    offsets in the strided input (the last dim contiguous)."""
+    which = tl.program_id(1)
     row = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    n = row % length
+    bh = row // length
+    offsets = (bh // heads).to(tl.int64) * sb + (bh % heads).to(tl.int64) * sh + n.to(tl.int64) * sn
+    return which, row, offsets
+
+
+@triton.jit
+def _forward_kernel(
+    X0, X1, Y, rows, dim, sb, sh, sn, heads, length, scale,
+    KIND: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """``Y[0] = map(X0) * scale`` and ``Y[1] = map(X1)``; ``Y`` is ``(2, B, H, N, D)`` contiguous."""
+    which, row, offsets = _pair_rows(sb, sh, sn, heads, length, BLOCK_R)
     col = tl.arange(0, BLOCK_D)
     ok = (row[:, None] < rows) & (col[None, :] < dim)
-    offsets = row[:, None].to(tl.int64) * dim + col[None, :]
-    x = tl.load(X + offsets, mask=ok, other=0.0).to(tl.float32)
+    if which == 0:
+        X = X0
+        factor = scale
+    else:
+        X = X1
+        factor = 1.0
+    x = tl.load(X + offsets[:, None] + col[None, :], mask=ok, other=0.0).to(tl.float32)
     if KIND == 0:
         y = tl.where(x > 0, x + 1.0, tl.exp(x))
     else:
         s, _ = _silu_shifted(x, ok)
         y = s / _row_norm(s, row < rows)
-    tl.store(Y + offsets, y.to(Y.dtype.element_ty), mask=ok)
+    out = which.to(tl.int64) * rows * dim + row[:, None].to(tl.int64) * dim + col[None, :]
+    tl.store(Y + out, (y * factor).to(Y.dtype.element_ty), mask=ok)
 
 
 @triton.jit
-def _backward_kernel(X, DY, DX, rows, dim, KIND: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    """``elu + 1``: ``dx = dy`` where ``x > 0``, else ``dy exp(x)``. ``silu_shift_l2``, ``y = s / |s|``:
+def _backward_kernel(
+    X0, X1, DY, DX, rows, dim, sb, sh, sn, heads, length, scale,
+    KIND: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """``DX`` (contiguous like ``DY``) from ``DY``, the gradient of ``Y``; ``dy`` of the queries times ``scale``.
+    ``elu + 1``: ``dx = dy`` where ``x > 0``, else ``dy exp(x)``. ``silu_shift_l2``, ``y = s / |s|``:
     ``ds = (dy - y (y . dy)) / |s|`` and ``dx = ds silu'(x)``, ``silu'(x) = sigmoid(x) (1 + x (1 - sigmoid(x)))``."""
-    row = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    which, row, offsets = _pair_rows(sb, sh, sn, heads, length, BLOCK_R)
     col = tl.arange(0, BLOCK_D)
     ok = (row[:, None] < rows) & (col[None, :] < dim)
-    offsets = row[:, None].to(tl.int64) * dim + col[None, :]
-    x = tl.load(X + offsets, mask=ok, other=0.0).to(tl.float32)
-    dy = tl.load(DY + offsets, mask=ok, other=0.0).to(tl.float32)
+    if which == 0:
+        X = X0
+        factor = scale
+    else:
+        X = X1
+        factor = 1.0
+    x = tl.load(X + offsets[:, None] + col[None, :], mask=ok, other=0.0).to(tl.float32)
+    packed = which.to(tl.int64) * rows * dim + row[:, None].to(tl.int64) * dim + col[None, :]
+    dy = tl.load(DY + packed, mask=ok, other=0.0).to(tl.float32) * factor
     if KIND == 0:
         dx = tl.where(x > 0, dy, dy * tl.exp(x))
     else:
@@ -73,49 +107,63 @@ def _backward_kernel(X, DY, DX, rows, dim, KIND: tl.constexpr, BLOCK_R: tl.const
         y = s / norm
         ds = (dy - y * tl.sum(y * dy, 1)[:, None]) / norm
         dx = ds * (sigmoid * (1.0 + x * (1.0 - sigmoid)))
-    tl.store(DX + offsets, dx.to(DX.dtype.element_ty), mask=ok)
+    tl.store(DX + packed, dx.to(DX.dtype.element_ty), mask=ok)
 
 
-def _launch(kernel, kind: str, x: torch.Tensor, *tensors: torch.Tensor) -> None:
-    dim = x.shape[-1]
-    rows = x.numel() // dim
+def _launch(kernel, kind: str, q: torch.Tensor, k: torch.Tensor, scale: float, *tensors: torch.Tensor) -> None:
+    batch, heads, length, dim = q.shape
+    rows = batch * heads * length
     block_d = max(16, next_power_of_2(dim))
     block_r = max(1, _TILE // block_d) if not is_interpreted() else 16
-    kernel[(cdiv(rows, block_r),)](x, *tensors, rows, dim, KIND=KINDS[kind], BLOCK_R=block_r, BLOCK_D=block_d)
+    kernel[(cdiv(rows, block_r), 2)](
+        q, k, *tensors, rows, dim, *q.stride()[:3], heads, length, scale,
+        KIND=KINDS[kind], BLOCK_R=block_r, BLOCK_D=block_d,
+    )  # fmt: skip
 
 
-class _FeatureMap(torch.autograd.Function):
+def map_pair(kind: str, q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """``(2, B, H, N, D)``: ``map(q) * scale`` and ``map(k)`` (inputs checked by ``unsupported``), no autograd."""
+    y = q.new_empty((2, *q.shape))
+    _launch(_forward_kernel, kind, q, k, scale, y)
+    return y
+
+
+def map_pair_backward(kind: str, q: torch.Tensor, k: torch.Tensor, scale: float, dy: torch.Tensor) -> torch.Tensor:
+    """``(2, B, H, N, D)``: the gradients of ``q`` and ``k`` from ``dy``, the ``(2, B, H, N, D)`` one of ``map_pair``."""
+    dx = torch.empty_like(dy)
+    _launch(_backward_kernel, kind, q, k, scale, dy.contiguous(), dx)
+    return dx
+
+
+class _FeatureMaps(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, kind):
-        y = torch.empty_like(x)
-        _launch(_forward_kernel, kind, x, y)
-        ctx.save_for_backward(x)
-        ctx.kind = kind
-        return y
+    def forward(ctx, q, k, kind, scale):
+        ctx.save_for_backward(q, k)
+        ctx.kind, ctx.scale = kind, scale
+        return tuple(map_pair(kind, q, k, scale).unbind(0))
 
     @staticmethod
-    def backward(ctx, dy):
-        (x,) = ctx.saved_tensors
-        dx = torch.empty_like(x)
-        _launch(_backward_kernel, ctx.kind, x, dy.contiguous(), dx)
-        return dx, None
+    def backward(ctx, dq, dk):
+        q, k = ctx.saved_tensors
+        dx = map_pair_backward(ctx.kind, q, k, ctx.scale, torch.stack([dq, dk]))
+        return dx[0], dx[1], None, None
 
 
-def unsupported(kind: str, x: torch.Tensor) -> str | None:
-    """Why the kernels cannot map ``x``, or ``None``."""
+def unsupported(kind: str, q: torch.Tensor, k: torch.Tensor) -> str | None:
+    """Why the kernels cannot map ``q`` and ``k`` (``(B, H, N, D)``, the same shape), or ``None``."""
     if kind not in KINDS:
         return f"feature map {kind!r} (the kernels take {', '.join(KINDS)})"
-    if x.device.type != "cuda" and not (x.device.type == "cpu" and is_interpreted()):
-        return f"{x.device.type} tensors (the kernels run on CUDA, or on the CPU through TRITON_INTERPRET=1)"
-    if x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
-        return f"dtype {x.dtype} (the kernels take bfloat16, float16 and float32)"
-    if not x.is_contiguous():
-        return "a non-contiguous input"
-    if not 0 < x.shape[-1] <= MAX_DIM or x.numel() == 0:
-        return f"shape {tuple(x.shape)} (the kernels take a head dim of 1 to {MAX_DIM} and at least one row)"
+    if q.device.type != "cuda" and not (q.device.type == "cpu" and is_interpreted()):
+        return f"{q.device.type} tensors (the kernels run on CUDA, or on the CPU through TRITON_INTERPRET=1)"
+    if q.dtype not in (torch.bfloat16, torch.float16, torch.float32) or k.dtype != q.dtype:
+        return f"dtypes {q.dtype} and {k.dtype} (the kernels take bfloat16, float16 and float32, the same for both)"
+    if q.dim() != 4 or k.shape != q.shape or q.numel() == 0 or not 0 < q.shape[-1] <= MAX_DIM:
+        return f"shapes {tuple(q.shape)} and {tuple(k.shape)} (the kernels take two (B, H, N, D), D of 1 to {MAX_DIM})"
+    if q.stride() != k.stride() or q.stride(-1) != 1:
+        return f"strides {q.stride()} and {k.stride()} (the kernels take the same strides, the last dim contiguous)"
     return None
 
 
-def feature_map(kind: str, x: torch.Tensor) -> torch.Tensor:
-    """``kind`` applied along the last dim of ``x`` (contiguous, checked by ``unsupported``), differentiable."""
-    return _FeatureMap.apply(x, kind)
+def feature_maps(kind: str, q: torch.Tensor, k: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(map(q) * scale, map(k))`` (inputs checked by ``unsupported``), differentiable, contiguous."""
+    return _FeatureMaps.apply(q, k, kind, scale)

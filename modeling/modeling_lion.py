@@ -33,10 +33,8 @@ from .lion_attention import (
     check_attention_settings,
     check_that,
     is_compiling,
-    kernel_device_reason,
     lion_attention,
     lion_attention_weights,
-    resolved_backend,
 )
 
 logger = logging.get_logger(__name__)
@@ -56,47 +54,6 @@ ATTENTION_SWITCHES = (
     f"with config.attention_form / model.set_attention_form(form) (one of {', '.join(map(repr, ATTENTION_FORMS))}) "
     "and config.attention_backend"
 )
-
-
-def _elu_plus_one(x: torch.Tensor) -> torch.Tensor:
-    return F.elu(x) + 1
-
-
-def _silu_shift_l2(x: torch.Tensor) -> torch.Tensor:
-    x = F.silu(x) + 0.5
-    # Autocast computes the norm in float32; dividing by it in x's dtype keeps bf16 queries and keys bf16.
-    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).to(x.dtype)
-
-
-FEATURE_MAP_FUNCTIONS = {"identity": lambda x: x, "elu_plus_one": _elu_plus_one, "silu_shift_l2": _silu_shift_l2}
-
-
-def apply_feature_map(name: str, x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """``FEATURE_MAP_FUNCTIONS[name](x)``, through one fused kernel each way where the backend allows it and the
-    kernel can take ``x`` (eager, CUDA or the interpreter, contiguous), else in PyTorch."""
-    if (
-        name != "identity"
-        and not is_compiling()
-        and resolved_backend(backend) != "pytorch"
-        and fused_feature_map_unsupported(name, x) is None
-    ):
-        from .lion_triton_features import feature_map
-
-        return feature_map(name, x)
-    return FEATURE_MAP_FUNCTIONS[name](x)
-
-
-def fused_feature_map_unsupported(name: str, x: torch.Tensor) -> str | None:
-    """Why the fused kernel cannot apply feature map ``name`` to ``x``, or ``None``."""
-    reason = kernel_device_reason(x)
-    if reason is not None:
-        return reason
-    try:
-        # A literal relative import, so that saved checkpoints carry the file.
-        from .lion_triton_features import unsupported
-    except ImportError:
-        return "triton is not installed"
-    return unsupported(name, x)
 
 
 def snake_orders(rows: int, cols: int, num_prefix_tokens: int = 1, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,7 +107,8 @@ class LionMixer(nn.Module):
         self, q, k, v, gate_input, key_padding_mask=None, orders=None, num_prefix_tokens=0, output_attentions=False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``q, k``: ``(B, H, N, D)`` after the feature map, ``v`` likewise; returns ``(B, N, H * D)`` and, when
-        ``output_attentions``, the masked (and, where the model normalises, row-normalised) scores ``(B, H, N, N)``."""
+        ``output_attentions``, the masked (and, where the model normalises, row-normalised) scores ``(B, H, N, N)``.
+        ``q`` and ``k`` enter before the feature map, which the operator applies (fused into its kernels where it can)."""
         config = self.config
         dropout = config.attention_probs_dropout_prob if self.training else 0.0
         if dropout > 0 and config.attention_form != "parallel" and not is_compiling():
@@ -162,12 +120,13 @@ class LionMixer(nn.Module):
         # Valid by construction: decays from logsigmoid / log(1 - sigmoid + eps), orders from snake_orders, and the
         # mask checked once per forward (_key_padding_mask); the operator need not read them back on the host.
         options = dict(
+            feature_map=config.feature_map,
+            scale=self.scale,
             normalize=config.normalize_attention,
             eps=config.attention_eps,
             key_padding_mask=key_padding_mask,
             check_values=False,
         )
-        q = q * self.scale
         out = lion_attention(
             q,
             k,
@@ -184,10 +143,8 @@ class LionMixer(nn.Module):
         # The matrix that every form multiplies the values with, built on request only: it is N x N.
         weights = lion_attention_weights(q, k, log_decays, orders, **options) if output_attentions else None
         batch, _, length, _ = out.shape
+        # A view where the operator wrote its output as (B, N, H, D), as the fused kernels do.
         return out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim), weights
-
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        return apply_feature_map(self.config.feature_map, x, self.config.attention_backend)
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(*x.shape[:2], self.num_heads, self.head_dim).transpose(1, 2)
@@ -223,11 +180,7 @@ class LionSelfAttention(LionMixer):
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=HEADS_LAYER_NORM_EPS) if config.layer_norm_after else None
 
     def forward(self, hidden_states, key_padding_mask=None, output_attentions=False):
-        batch, length, _ = hidden_states.shape
-        # Mapped before the heads are transposed: the rows of the head dim are contiguous there.
-        q, k = (self.feature_map(proj(hidden_states).view(batch, length, self.num_heads, self.head_dim))
-                for proj in (self.query, self.key))  # fmt: skip
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), self.split_heads(self.value(hidden_states))
+        q, k, v = (self.split_heads(proj(hidden_states)) for proj in (self.query, self.key, self.value))
         context, weights = self.mix(
             q, k, v, hidden_states, key_padding_mask=key_padding_mask, output_attentions=output_attentions
         )
@@ -378,11 +331,8 @@ class LionVisionAttention(LionMixer):
     def forward(self, hidden_states, orders=None, num_prefix_tokens=1, output_attentions=False):
         batch, length, _ = hidden_states.shape
         qkv = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
-        # One copy into (3, B, H, N, D), then queries and keys through the feature map together: contiguous
-        # heads for every matrix product that follows, half the kernel launches.
-        qkv = qkv.permute(2, 0, 3, 1, 4).contiguous()
-        q, k = self.feature_map(qkv[:2]).unbind(0)
-        v = qkv[2]
+        # Views, no copy: the fused kernels read the heads in place (the PyTorch forms copy them).
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
         context, weights = self.mix(
             q, k, v, hidden_states, orders=orders, num_prefix_tokens=num_prefix_tokens, output_attentions=output_attentions
         )

@@ -9,8 +9,9 @@ itself tested against modeling/naive.py) by ||got - want|| / ||want||. Tolerance
 gradients of q, k, v) and 1e-4 (decay parameters: sums of many signed terms); bfloat16 1e-2 (outputs) and 3e-2
 (every gradient), next to the error of the PyTorch path in bfloat16 on the same inputs, printed for comparison.
 Score dropout: the kernel's keep mask, read back through the kernel itself, is used by the float64 reference.
-Feature maps (ViT-B's queries and keys, 2 x 64 x 12 x 197 rows of 64): map and gradient against float64, same
-tolerances, next to the PyTorch functions' own error in that dtype.
+Feature maps (ViT-B's queries and keys, 2 x 64 x 12 x 197 rows of 64, read as views of one qkv projection, the
+queries scaled): map and gradient against float64, same tolerances, next to the PyTorch functions' own error in
+that dtype; then LION-S attention from those raw views, the map fused into the kernels' node, against float64.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from lion_hf import lion_attention
-from lion_hf.modeling.lion_attention import select_implementation
-from lion_hf.modeling.lion_triton_features import feature_map
-from lion_hf.modeling.modeling_lion import FEATURE_MAP_FUNCTIONS
+from lion_hf.modeling.lion_attention import FEATURE_MAP_FUNCTIONS, select_implementation
+from lion_hf.modeling.lion_triton_features import feature_maps
 from lion_hf.modeling.naive import naive_attention_weights
 
 DEVICE = "cuda"
@@ -158,25 +158,45 @@ def check_dropout(generator, failures):
 
 
 def check_feature_maps(generator, failures):
-    x = torch.randn(2, 64, 12, 197, 64, device=DEVICE, generator=generator) * 2
-    grad = torch.randn(x.shape, device=DEVICE, generator=generator)
+    qkv = torch.randn(64, 197, 3, 12, 64, device=DEVICE, generator=generator) * 2
+    grads = [torch.randn(64, 12, 197, 64, device=DEVICE, generator=generator) for _ in range(3)]
+    scale = 64**-0.5
 
-    def map_and_gradient(fn, x, grad):
-        x = x.detach().requires_grad_()
-        y = fn(x)
-        return y, torch.autograd.grad(y, x, grad)[0]
+    def maps_and_gradients(fn, dtype, inputs=2):
+        """Outputs of ``fn(q, k, v)`` and the gradients of the first ``inputs`` of q, k, v."""
+        q, k, v = (t.transpose(1, 2).to(dtype).detach().requires_grad_() for t in qkv.unbind(2))
+        out = fn(q, k, v)
+        return [*out, *torch.autograd.grad(out, (q, k, v)[:inputs], [g.to(dtype) for g in grads[: len(out)]])]
+
+    def pytorch_maps(kind):
+        return lambda q, k, v: (FEATURE_MAP_FUNCTIONS[kind](q) * scale, FEATURE_MAP_FUNCTIONS[kind](k))
 
     for kind in ("elu_plus_one", "silu_shift_l2"):
-        want = map_and_gradient(FEATURE_MAP_FUNCTIONS[kind], x.double(), grad.double())
+        want = maps_and_gradients(pytorch_maps(kind), torch.float64)
         for dtype in (torch.float32, torch.bfloat16):
-            got = map_and_gradient(lambda t: feature_map(kind, t), x.to(dtype), grad.to(dtype))
-            pytorch = map_and_gradient(FEATURE_MAP_FUNCTIONS[kind], x.to(dtype), grad.to(dtype))
+            got = maps_and_gradients(lambda q, k, v: feature_maps(kind, q, k, scale), dtype)
+            pytorch = maps_and_gradients(pytorch_maps(kind), dtype)
             errors = [relative_error(g, w) for g, w in zip(got, want)]
-            print(f"feature map {kind} {dtype}: map {errors[0]:.1e}, gradient {errors[1]:.1e} (PyTorch in that "
-                  f"dtype: {relative_error(pytorch[0], want[0]):.1e}, {relative_error(pytorch[1], want[1]):.1e})")
+            own = [relative_error(p, w) for p, w in zip(pytorch, want)]
+            print(f"feature maps {kind} {dtype}: maps {max(errors[:2]):.1e}, gradients {max(errors[2:]):.1e} "
+                  f"(PyTorch in that dtype: {max(own[:2]):.1e}, {max(own[2:]):.1e})")
             out_limit, grad_limit, _ = TOLERANCES[dtype]
-            if not (errors[0] <= out_limit and errors[1] <= grad_limit):
-                failures.append(f"feature map {kind} {dtype}: {errors}")
+            if not (max(errors[:2]) <= out_limit and max(errors[2:]) <= grad_limit):
+                failures.append(f"feature maps {kind} {dtype}: {errors}")
+    log_decays = [F.logsigmoid(torch.randn(64, 12, 197, device=DEVICE, generator=generator) + 2)]
+    options = dict(feature_map="silu_shift_l2", scale=scale, normalize=True)
+
+    def attention(backend):
+        return lambda q, k, v: (lion_attention(q, k, v, log_decays, backend=backend, **options),)
+
+    want = maps_and_gradients(attention("pytorch"), torch.float64, inputs=3)
+    for dtype in (torch.float32, torch.bfloat16):
+        got = maps_and_gradients(attention("triton"), dtype, inputs=3)
+        errors = [relative_error(g, w) for g, w in zip(got, want)]
+        print(f"LION-S from raw qkv views, map fused, {dtype}: out {errors[0]:.1e}, q/k/v {max(errors[1:]):.1e}")
+        out_limit, grad_limit, _ = TOLERANCES[dtype]
+        if not (errors[0] <= out_limit and max(errors[1:]) <= grad_limit):
+            failures.append(f"fused map attention {dtype}: {errors}")
 
 
 def main() -> int:

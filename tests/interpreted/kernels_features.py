@@ -1,9 +1,10 @@
 """The fused feature-map kernels (modeling/lion_triton_features.py), run on the CPU through Triton's interpreter.
 
-Maps and gradients against float64 PyTorch and the models' PyTorch functions, on row counts that are not
-multiples of the interpreter's 16-row blocks and head dims that are not powers of two; the dispatch (fused where it
-can run, PyTorch for a forced PyTorch backend, non-contiguous inputs and under torch.compile); and a vision model
-whose eager forward and backward through every kernel match the PyTorch path. Runs in a process of its own (see
+Maps (queries scaled) and gradients against float64 PyTorch and the PyTorch functions, read from strided views as
+the models pass them, on row counts that are not multiples of the interpreter's 16-row blocks and head dims that
+are not powers of two; the dispatch (fused where it can run, PyTorch for a forced PyTorch backend, mismatched
+strides and float64); the map fused into the parallel kernels' autograd node; and a vision model whose eager
+forward and backward through every kernel match the PyTorch path. Runs in a process of its own (see
 kernels_parallel.py), started by tests/test_kernels.py.
 """
 
@@ -22,8 +23,12 @@ import torch  # noqa: E402
 
 from lion_hf import LionConfig, LionForImageClassification  # noqa: E402
 from lion_hf.modeling import lion_triton, lion_triton_features  # noqa: E402
-from lion_hf.modeling.lion_attention import BACKEND_ENVIRONMENT_VARIABLE  # noqa: E402
-from lion_hf.modeling.modeling_lion import FEATURE_MAP_FUNCTIONS, apply_feature_map  # noqa: E402
+from lion_hf.modeling.lion_attention import (  # noqa: E402
+    BACKEND_ENVIRONMENT_VARIABLE,
+    FEATURE_MAP_FUNCTIONS,
+    feature_maps,
+    lion_attention,
+)
 
 KINDS = ("elu_plus_one", "silu_shift_l2")
 
@@ -33,33 +38,48 @@ def no_forced_backend(monkeypatch):
     monkeypatch.delenv(BACKEND_ENVIRONMENT_VARIABLE, raising=False)
 
 
-def map_and_gradient(fn, x, grad):
-    x = x.detach().requires_grad_()
-    y = fn(x)
-    return y, torch.autograd.grad(y, x, grad.to(y.dtype))[0]
+def pair_and_gradients(fn, q, k, grads):
+    q, k = q.detach().requires_grad_(), k.detach().requires_grad_()
+    out = fn(q, k)
+    return (*out, *torch.autograd.grad(out, (q, k), [g.to(o.dtype) for g, o in zip(grads, out)]))
+
+
+def reference(kind, scale):
+    function = FEATURE_MAP_FUNCTIONS[kind]
+    return lambda q, k: (function(q) * scale, function(k))
+
+
+def qkv_views(batch, length, heads, dim, generator, dtype=torch.float32):
+    """Queries and keys as the vision models pass them: transposed views of one fused projection's output."""
+    qkv = torch.randn(batch, length, 3, heads, dim, generator=generator) * 3
+    return [t.transpose(1, 2).to(dtype) for t in qkv.unbind(2)[:2]]
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("shape", [(2, 3, 7, 24), (37, 64), (1, 5)])
+@pytest.mark.parametrize("shape", [(2, 7, 3, 24), (1, 37, 1, 64), (1, 1, 1, 5)])
 def test_fused_maps_match_float64_and_the_pytorch_functions(kind, shape):
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(*shape, generator=generator) * 3
-    grad = torch.randn(*shape, generator=generator)
-    got = map_and_gradient(lambda t: lion_triton_features.feature_map(kind, t), x, grad)
-    want = map_and_gradient(FEATURE_MAP_FUNCTIONS[kind], x.double(), grad.double())
-    pytorch = map_and_gradient(FEATURE_MAP_FUNCTIONS[kind], x, grad)
+    q, k = qkv_views(*shape, generator)
+    grads = [torch.randn(q.shape, generator=generator) for _ in range(2)]
+    scale = shape[-1] ** -0.5
+    got = pair_and_gradients(lambda a, b: lion_triton_features.feature_maps(kind, a, b, scale), q, k, grads)
+    want = pair_and_gradients(reference(kind, scale), q.double(), k.double(), grads)
+    pytorch = pair_and_gradients(reference(kind, scale), q, k, grads)
     for g, w, p in zip(got, want, pytorch):
-        assert g.dtype == torch.float32
+        assert g.dtype == torch.float32 and g.shape == q.shape
         assert torch.allclose(g.double(), w, rtol=1e-5, atol=1e-6)
         assert torch.allclose(g, p, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_half_precision_maps_round_once(kind):
-    x = torch.randn(3, 20, 32, generator=torch.Generator().manual_seed(1))
-    grad = torch.randn(3, 20, 32, generator=torch.Generator().manual_seed(2))
-    got = map_and_gradient(lambda t: lion_triton_features.feature_map(kind, t), x.half(), grad.half())
-    want = map_and_gradient(FEATURE_MAP_FUNCTIONS[kind], x.double(), grad.double())
+    generator = torch.Generator().manual_seed(1)
+    q, k = qkv_views(3, 20, 2, 32, generator)
+    grads = [torch.randn(q.shape, generator=generator) for _ in range(2)]
+    got = pair_and_gradients(
+        lambda a, b: lion_triton_features.feature_maps(kind, a, b, 0.5), q.half(), k.half(), grads
+    )  # fmt: skip
+    want = pair_and_gradients(reference(kind, 0.5), q.double(), k.double(), grads)
     for g, w in zip(got, want):
         assert g.dtype == torch.float16
         # float32 inside, one rounding to half precision at the end (relative 2**-11).
@@ -68,31 +88,56 @@ def test_half_precision_maps_round_once(kind):
 
 def test_dispatch_takes_the_kernel_only_where_it_may(monkeypatch):
     calls = []
-    fused = lion_triton_features.feature_map
-    monkeypatch.setattr(lion_triton_features, "feature_map", lambda *a: calls.append(a[0]) or fused(*a))
-    x = torch.rand(2, 4, 9, 16) - 0.5
-    want = FEATURE_MAP_FUNCTIONS["silu_shift_l2"](x)
-    assert torch.allclose(apply_feature_map("silu_shift_l2", x), want, atol=1e-6)
+    fused = lion_triton_features.feature_maps
+    monkeypatch.setattr(lion_triton_features, "feature_maps", lambda *a: calls.append(a[0]) or fused(*a))
+    q, k = qkv_views(2, 9, 4, 16, torch.Generator().manual_seed(3))
+    want = reference("silu_shift_l2", 0.25)(q, k)
+
+    def check(got, reason):
+        for g, w in zip(got, want):
+            assert torch.allclose(g.double(), w.double(), atol=1e-6), reason
+
+    check(feature_maps("silu_shift_l2", q, k, 0.25), "fused")
     assert calls == ["silu_shift_l2"]
-    for reason, got in [
-        ("forced PyTorch", apply_feature_map("silu_shift_l2", x, backend="pytorch")),
-        ("non-contiguous", apply_feature_map("silu_shift_l2", x.transpose(1, 2)).transpose(1, 2)),
-        ("float64", apply_feature_map("silu_shift_l2", x.double())),
-    ]:
-        assert torch.allclose(got.double(), want.double(), atol=1e-6), reason
+    check(feature_maps("silu_shift_l2", q, k, 0.25, backend="pytorch"), "forced PyTorch")
+    check(feature_maps("silu_shift_l2", q, k.contiguous(), 0.25), "different strides")
+    check(feature_maps("silu_shift_l2", q.double(), k.double(), 0.25), "float64")
     assert calls == ["silu_shift_l2"]
-    assert lion_triton_features.unsupported("identity", x).startswith("feature map 'identity'")
-    assert lion_triton_features.unsupported("silu_shift_l2", x.transpose(1, 2)) == "a non-contiguous input"
+    assert lion_triton_features.unsupported("identity", q, k).startswith("feature map 'identity'")
+    assert lion_triton_features.unsupported("silu_shift_l2", q, k.contiguous()).startswith("strides ")
+    assert lion_triton_features.unsupported("silu_shift_l2", q, k.double()).startswith("dtypes ")
     monkeypatch.setenv(BACKEND_ENVIRONMENT_VARIABLE, "pytorch")
-    apply_feature_map("silu_shift_l2", x)
+    feature_maps("silu_shift_l2", q, k)
     assert calls == ["silu_shift_l2"]
+
+
+@pytest.mark.parametrize("kind", ["identity", *KINDS])
+def test_parallel_kernels_fuse_the_map_into_one_autograd_node(kind, monkeypatch):
+    """Raw strided queries, keys and values into the parallel kernels: one node, the same output and gradients as
+    the PyTorch path, and the output laid out (B, N, H, D) so that merging the heads is a view."""
+    generator = torch.Generator().manual_seed(4)
+    qkv = torch.randn(2, 21, 3, 2, 16, generator=generator)
+    q, k, v = (t.transpose(1, 2).requires_grad_() for t in qkv.unbind(2))
+    log_decays = [torch.nn.functional.logsigmoid(torch.randn(2, 2, 21, generator=generator))]
+    grad = torch.randn(2, 2, 21, 16, generator=generator)
+    results = []
+    # Normalised where the map is positive, as the models are (identity's row sums may come near 0).
+    options = dict(feature_map=kind, scale=0.25, normalize=kind != "identity")
+    for backend in ("triton", "pytorch"):
+        out = lion_attention(q, k, v, log_decays, backend=backend, **options)
+        if backend == "triton":
+            assert type(out.grad_fn).__name__ == "_EagerAttentionBackward"
+            assert out.transpose(1, 2).is_contiguous()
+        results.append((out, *torch.autograd.grad(out, (q, k, v), grad)))
+    for got, want in zip(*results):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("variant,order", [("lit", "raster"), ("d", "snake"), ("s", "snake")])
 def test_vision_model_through_the_kernels_matches_the_pytorch_path(variant, order, monkeypatch):
     """Feature maps, attention and the decays' gradients all through kernels, against the forced PyTorch path."""
     calls = []
-    for module, name in ((lion_triton, "parallel_attention"), (lion_triton_features, "feature_map")):
+    for module, name in ((lion_triton, "parallel_attention"), (lion_triton_features, "map_pair")):
         original = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
     config = LionConfig(
@@ -109,8 +154,8 @@ def test_vision_model_through_the_kernels_matches_the_pytorch_path(variant, orde
         loss = model(pixel_values=pixels, labels=labels).loss
         loss.backward()
         results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
-    # Two layers through the kernels with "auto", none with "pytorch".
-    assert calls == ["feature_map", "parallel_attention"] * 2
+    # Two layers through the kernels with "auto" (the map again in each backward), none with "pytorch".
+    assert calls == ["parallel_attention", "map_pair"] * 2 + ["map_pair"] * 2
     (loss, grads), (want_loss, want_grads) = results
     assert torch.allclose(loss, want_loss, rtol=1e-5)
     assert grads.keys() == want_grads.keys()
