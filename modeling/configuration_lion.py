@@ -38,7 +38,9 @@ class LionConfig(PretrainedConfig):
             `"lit"` (LION-LIT: no decay), `"d"` (LION-D: one learned decay per head), `"s"` (LION-S: a decay per
             token and head, from a linear gate on the layer input).
         attention_form (`str`, *optional*, defaults to `"parallel"`):
-            `"parallel"`, `"chunk"` or `"recurrent"`; changeable at any time (`model.set_attention_form`).
+            `"parallel"`, `"chunk"` or `"recurrent"`; changeable at any time (`model.set_attention_form`). The
+            forms compute the same function; from `lion_attention.CHUNK_KERNELS_FROM_LENGTH` (3072) tokens on,
+            `"parallel"` without score dropout runs the fused chunk kernels where they can (they are faster there).
         chunk_size (`int`, *optional*, defaults to 64): tokens per chunk of the `"chunk"` form (and per step of
             the `"recurrent"` form).
         attention_backend (`str`, *optional*, defaults to `"auto"`):

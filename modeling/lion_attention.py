@@ -33,7 +33,9 @@ column of ones next to the values, so the normaliser sees exactly the same mask 
 Dispatch. ``lion_attention`` checks its arguments once and hands them to the first entry of ``IMPLEMENTATIONS``
 (backend, form, run, why-not) that can run them: fused kernels sit in front of the PyTorch forms of this file,
 which run anywhere. ``attention_backend`` (``backend=``) or ``$LION_HF_ATTENTION_BACKEND`` names one backend.
-The float64 oracle every implementation is tested against is ``naive.py`` beside this file.
+A ``parallel`` call of ``CHUNK_KERNELS_FROM_LENGTH`` tokens or more without score dropout goes to the fused chunk
+kernels where they can run it (unless the PyTorch backend is forced): the forms are the same function, and there
+the chunk kernels are the faster one. The float64 oracle every implementation is tested against is ``naive.py`` beside this file.
 
 Mask construction. With ``m`` the running sum of log-decays along the path minus half the token's own
 log-decay, and ``h`` half the token's log-decay, every mask entry is
@@ -94,6 +96,10 @@ _FOLD_MIN_LOG_DECAY = -60.0
 # exp underflows to 0 below about -745 even in float64: a log-decay under this bound is the same decay (0) in every
 # dtype, and bounding it keeps the running sums of log-decays free of cancellation (-1e30 next to -1 loses the -1).
 _MIN_LOG_DECAY = -1000.0
+# From this many tokens on, a call of the parallel form without score dropout runs the fused chunk kernels (the
+# same function) where they can: they are faster from between 2048 and 4096 tokens (H200, bf16, B 4, H 12, D 64,
+# forward + backward: benchmarks/NOTES.md) and their memory is linear in the length.
+CHUNK_KERNELS_FROM_LENGTH = 3072
 # Orders already found to be permutations, with the tensor version they were checked at.
 _CHECKED_ORDERS = WeakIdKeyDictionary()
 _ORDER_STEPS = WeakIdKeyDictionary()
@@ -215,13 +221,26 @@ def lion_attention(
         key_padding_mask=key_padding_mask,
         dropout_p=dropout_p if training and form == "parallel" else 0.0,
     )
-    implementation = select_implementation(form, backend, q, k, v, log_decays, orders, **options)
+    implementation = _chunk_kernels_for_long_sequences(form, backend, q, k, v, log_decays, orders, options)
+    if implementation is None:
+        implementation = select_implementation(form, backend, q, k, v, log_decays, orders, **options)
     if implementation.maps_features:
         return implementation.run(q, k, v, log_decays, orders, feature_map=feature_map, scale=scale, **options)
     q, k = feature_maps(feature_map, q, k, scale, backend)
     # Contiguous heads: batched matrix products would otherwise copy them again at every use.
     q, k, v = (t.contiguous() for t in (q, k, v))
     return implementation.run(q, k, v, log_decays, orders, **options)
+
+
+def _chunk_kernels_for_long_sequences(form, backend, q, k, v, log_decays, orders, options):
+    """The fused chunk form for a parallel-form call of ``CHUNK_KERNELS_FROM_LENGTH`` tokens or more without
+    score dropout, where the kernels can run it; else ``None``."""
+    if form != "parallel" or q.shape[2] < CHUNK_KERNELS_FROM_LENGTH or options["dropout_p"] > 0.0:
+        return None
+    if resolved_backend(backend) == "pytorch":
+        return None
+    chunk = next(i for i in IMPLEMENTATIONS if i.form == "chunk" and i.backend == "triton")
+    return chunk if chunk.unsupported(q, k, v, log_decays, orders, **options) is None else None
 
 
 def feature_maps(name: str, q: torch.Tensor, k: torch.Tensor, scale: float = 1.0, backend: str = "auto"):

@@ -183,3 +183,39 @@ def test_the_custom_operators_trace_without_graph_breaks():
     want = torch.autograd.grad(step(*params), params)
     for g, w in zip(got, want):
         assert_close(g, w)
+
+
+
+def test_long_parallel_calls_take_the_chunk_kernels(monkeypatch):
+    """From CHUNK_KERNELS_FROM_LENGTH tokens on (lowered here), the parallel form runs the fused chunk kernels and
+    gives what the parallel kernels give; not with score dropout in training, not below the length, not on the
+    forced PyTorch backend."""
+    from lion_hf.modeling import lion_triton
+
+    calls = []
+    chunk_entry, parallel_entry = kernels.ENTRIES["chunk"], lion_triton.parallel_attention
+    monkeypatch.setitem(kernels.ENTRIES, "chunk", lambda *a, **k: calls.append("chunk") or chunk_entry(*a, **k))
+    monkeypatch.setattr(
+        lion_triton, "parallel_attention", lambda *a, **k: calls.append("parallel") or parallel_entry(*a, **k)
+    )  # fmt: skip
+    generator = torch.Generator().manual_seed(5)
+    q, k, v = (torch.rand(2, 2, 21, 16, generator=generator).requires_grad_() for _ in range(3))
+    log_decay = F.logsigmoid(torch.randn(2, 2, 21, generator=generator) + 2)
+
+    def run(length, threshold, **extra):
+        monkeypatch.setattr(operator, "CHUNK_KERNELS_FROM_LENGTH", threshold)
+        prefix = [t[:, :, :length] for t in (q, k, v)]
+        out = lion_attention(*prefix, [log_decay[..., :length]], feature_map="elu_plus_one", scale=0.25,
+                             normalize=True, chunk_size=16, **extra)  # fmt: skip
+        return [out, *torch.autograd.grad(out.sum(), (q, k, v))]
+
+    through_chunk = run(21, threshold=20)
+    assert calls == ["chunk"]
+    through_parallel = run(21, threshold=22)
+    assert calls == ["chunk", "parallel"]
+    for got, want in zip(through_chunk, through_parallel):
+        assert relative_error(got, want) < TOLERANCE
+    run(21, threshold=20, dropout_p=0.1, training=True)
+    run(19, threshold=20)
+    run(21, threshold=20, backend="pytorch")
+    assert calls == ["chunk", "parallel", "parallel", "parallel"]
