@@ -35,7 +35,8 @@ Dispatch. ``lion_attention`` checks its arguments once and hands them to the fir
 which run anywhere. ``attention_backend`` (``backend=``) or ``$LION_HF_ATTENTION_BACKEND`` names one backend.
 A ``parallel`` call of ``CHUNK_KERNELS_FROM_LENGTH`` tokens or more without score dropout goes to the fused chunk
 kernels where they can run it (unless the PyTorch backend is forced): the forms are the same function, and there
-the chunk kernels are the faster one. The float64 oracle every implementation is tested against is ``naive.py`` beside this file.
+the chunk kernels are the faster one. The float64 oracle every implementation is tested against is ``naive.py``
+beside this file.
 
 Mask construction. With ``m`` the running sum of log-decays along the path minus half the token's own
 log-decay, and ``h`` half the token's log-decay, every mask entry is

@@ -129,7 +129,7 @@ def map_pair(kind: str, q: torch.Tensor, k: torch.Tensor, scale: float) -> torch
 
 
 def map_pair_backward(kind: str, q: torch.Tensor, k: torch.Tensor, scale: float, dy: torch.Tensor) -> torch.Tensor:
-    """``(2, B, H, N, D)``: the gradients of ``q`` and ``k`` from ``dy``, the ``(2, B, H, N, D)`` one of ``map_pair``."""
+    """``(2, B, H, N, D)``: the gradients of ``q`` and ``k`` from ``dy``, that of ``map_pair``'s output."""
     dx = torch.empty_like(dy)
     _launch(_backward_kernel, kind, q, k, scale, dy.contiguous(), dx)
     return dx

@@ -108,7 +108,7 @@ class LionMixer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``q, k``: ``(B, H, N, D)`` after the feature map, ``v`` likewise; returns ``(B, N, H * D)`` and, when
         ``output_attentions``, the masked (and, where the model normalises, row-normalised) scores ``(B, H, N, N)``.
-        ``q`` and ``k`` enter before the feature map, which the operator applies (fused into its kernels where it can)."""
+        ``q`` and ``k`` enter before the feature map, which the operator applies (in its kernels where it can)."""
         config = self.config
         dropout = config.attention_probs_dropout_prob if self.training else 0.0
         if dropout > 0 and config.attention_form != "parallel" and not is_compiling():
