@@ -1,49 +1,144 @@
-"""Counts what one training step asks of the host: aten operations (torch.profiler) and Python calls (cProfile).
+"""Counts what one training step asks of the host: aten operations (torch.profiler), autograd nodes, Python calls
+(cProfile) and the step's median time on the CPU, for tiny 12-layer ViTs: LION's variants and, as the reference,
+the same ViT with timm's block (fused qkv, SDPA) in plain PyTorch.
 
 Launch-bound eager steps move with these counts rather than with FLOPs; two checkouts compare exactly, on a CPU:
 
-    python -m benchmarks.op_count            # a 12-layer tiny ViT, one forward + backward per LION variant
+    python -m benchmarks.op_count            # the PyTorch path
+    python -m benchmarks.op_count --kernels  # the fused-kernel path, its launches replaced by no-ops
+
+``--kernels`` runs the models through the kernels' host code (dispatch, autograd Functions, allocations, launch
+arguments) with every Triton launch replaced by a no-op, so the outputs are meaningless and only the counts and
+the host time mean anything; it sets ``TRITON_INTERPRET=1`` before Triton is imported, which is how the kernels
+take CPU tensors. The CPU times are noisy (take the best of several runs) and only a proxy for a GPU machine's
+host time, where every kernel launch costs more.
 """
 
 from __future__ import annotations
 
+import argparse
 import cProfile
+import os
 import pstats
+import statistics
+import time
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+import torch.nn.functional as F
+from torch import nn
 
-from lion_hf import LionConfig, LionForImageClassification
+CASES = (("lit", "raster"), ("d", "raster"), ("s", "raster"), ("d", "snake"), ("s", "snake"))
+WIDTH, HEADS, LAYERS, IMAGE, PATCH, LABELS = 64, 2, 12, 32, 8, 10
 
-CASES = (("lit", "raster"), ("d", "raster"), ("s", "raster"), ("s", "snake"))
+
+class _Block(nn.Module):
+    """timm's ViT block: one qkv projection, SDPA on its views, the MLP."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(WIDTH), nn.LayerNorm(WIDTH)
+        self.qkv, self.proj = nn.Linear(WIDTH, 3 * WIDTH), nn.Linear(WIDTH, WIDTH)
+        self.fc1, self.fc2 = nn.Linear(WIDTH, 4 * WIDTH), nn.Linear(4 * WIDTH, WIDTH)
+
+    def forward(self, x):
+        batch, length, width = x.shape
+        qkv = self.qkv(self.norm1(x)).reshape(batch, length, 3, HEADS, width // HEADS).permute(2, 0, 3, 1, 4)
+        attention = F.scaled_dot_product_attention(*qkv.unbind(0)).transpose(1, 2).reshape(batch, length, width)
+        x = x + self.proj(attention)
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
 
-def counts(variant: str, order: str) -> tuple[int, int]:
-    """(aten operations, Python calls) of one training step of a tiny 12-layer vision model, after a warm-up step."""
-    config = LionConfig(
-        modality="vision", variant=variant, patch_order=order, hidden_size=32, num_hidden_layers=12,
-        num_attention_heads=2, image_size=32, patch_size=8, num_labels=10,
-    )  # fmt: skip
-    model = LionForImageClassification(config).train()
-    pixels, labels = torch.randn(2, 3, 32, 32), torch.tensor([1, 2])
+class _ReferenceViT(nn.Module):
+    def __init__(self):
+        super().__init__()
+        tokens = (IMAGE // PATCH) ** 2 + 1
+        self.patches = nn.Conv2d(3, WIDTH, PATCH, PATCH)
+        self.cls_token, self.positions = nn.Parameter(torch.zeros(1, 1, WIDTH)), nn.Parameter(torch.zeros(1, tokens, WIDTH))
+        self.blocks = nn.Sequential(*[_Block() for _ in range(LAYERS)])
+        self.norm, self.head = nn.LayerNorm(WIDTH), nn.Linear(WIDTH, LABELS)
+
+    def forward(self, pixel_values, labels):
+        x = self.patches(pixel_values).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.positions
+        return F.cross_entropy(self.head(self.norm(self.blocks(x))[:, 0]), labels)
+
+
+def training_steps():
+    """``(name, loss)`` for the reference ViT and every LION case; ``loss()`` runs one forward pass."""
+    from lion_hf import LionConfig, LionForImageClassification
+
+    pixels, labels = torch.randn(2, 3, IMAGE, IMAGE), torch.tensor([1, 2])
+    torch.manual_seed(0)
+    reference = _ReferenceViT()
+    steps = [("ViT (SDPA, timm's block)", lambda: reference(pixels, labels))]
+    for variant, order in CASES:
+        config = LionConfig(
+            modality="vision", variant=variant, patch_order=order, hidden_size=WIDTH, num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS, image_size=IMAGE, patch_size=PATCH, num_labels=LABELS,
+        )  # fmt: skip
+        model = LionForImageClassification(config).train()
+        steps.append((f"LION-{variant.upper()} {order}", lambda m=model: m(pixel_values=pixels, labels=labels).loss))
+    return steps
+
+
+def autograd_nodes(loss: torch.Tensor) -> int:
+    seen, stack = set(), [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return len(seen)
+
+
+def counts(loss_of_step) -> dict:
+    """Aten operations, autograd nodes, Python calls and the median CPU time (ms) of one training step."""
 
     def step():
-        model(pixel_values=pixels, labels=labels).loss.backward()
+        loss_of_step().backward()
 
     step()
-    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
         step()
     aten = sum(1 for event in profiler.events() if event.name.startswith("aten::"))
     python = cProfile.Profile()
     python.runcall(step)
     calls = sum(stat[1] for stat in pstats.Stats(python).stats.values())
-    return aten, calls
+    times = []
+    for _ in range(15):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return dict(aten=aten, nodes=autograd_nodes(loss_of_step()), python=calls, ms=statistics.median(times) * 1e3)
 
 
-def main() -> int:
-    for variant, order in CASES:
-        aten, calls = counts(variant, order)
-        print(f"LION-{variant.upper()} {order}: {aten} aten ops, {calls} Python calls per training step")
+def _stub_kernel_launches() -> None:
+    """Every Triton kernel of the parallel-form and feature-map modules launched as a no-op."""
+    from lion_hf.modeling import lion_triton, lion_triton_features
+
+    class NoLaunch:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: None
+
+    for module in (lion_triton, lion_triton_features):
+        for name in dir(module):
+            if name.endswith("_kernel") and not name.startswith("__"):
+                setattr(module, name, NoLaunch())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.op_count", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kernels", action="store_true", help="count the fused-kernel path, launches stubbed out")
+    args = parser.parse_args(argv)
+    if args.kernels:
+        os.environ["TRITON_INTERPRET"] = "1"
+        _stub_kernel_launches()
+    torch.set_num_threads(1)
+    for name, loss_of_step in training_steps():
+        c = counts(loss_of_step)
+        print(f"{name:26s} {c['aten']:6d} aten ops {c['nodes']:5d} autograd nodes {c['python']:6d} Python calls "
+              f"{c['ms']:7.2f} ms per step (CPU)")  # fmt: skip
     return 0
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import report
 from benchmarks.models import timm_available
@@ -158,3 +159,13 @@ def test_profile_step_groups_kernels_and_refuses_what_it_cannot_run(capsys):
             profile_step.main(argv)
         assert raised.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_op_count_counts_each_autograd_node_once():
+    from benchmarks.op_count import autograd_nodes
+
+    x = torch.randn(3, requires_grad=True)
+    # Sum <- Mul <- AccumulateGrad(x), x reached through both factors of the product.
+    assert autograd_nodes((x * x).sum()) == 3
+    # Add <- (Sum <- Exp <- Mul, Sum) <- one AccumulateGrad.
+    assert autograd_nodes((x * 2).exp().sum() + x.sum()) == 6

@@ -161,3 +161,28 @@ def test_vision_model_through_the_kernels_matches_the_pytorch_path(variant, orde
     assert grads.keys() == want_grads.keys()
     for name, grad in grads.items():
         assert torch.allclose(grad, want_grads[name], rtol=1e-4, atol=1e-6), name
+
+
+def autograd_node_names(loss: torch.Tensor) -> list[str]:
+    seen, stack = set(), [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack.extend(next_node for next_node, _ in node.next_functions)
+    return [type(node).__name__ for node in seen]
+
+
+@pytest.mark.parametrize("variant", ["lit", "d"])
+def test_a_vision_layer_mixes_its_tokens_in_one_node_without_copies(variant):
+    """Feature map, scale and attention in one autograd node per layer, the heads read and merged as views: no copy
+    (clone) and no feature-map or multiplication node anywhere in the graph."""
+    config = LionConfig(
+        modality="vision", variant=variant, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+        image_size=16, patch_size=4, num_labels=3,
+    )  # fmt: skip
+    model = LionForImageClassification(config).train()
+    loss = model(pixel_values=torch.randn(2, 3, 16, 16), labels=torch.tensor([0, 2])).loss
+    names = autograd_node_names(loss)
+    assert names.count("_EagerAttentionBackward") == 3
+    assert not [n for n in names if n.startswith(("Clone", "Mul", "_FeatureMap", "Elu", "Silu", "Div"))], names
