@@ -156,3 +156,4 @@ def test_lion_hf_info_says_what_computes_each_form(monkeypatch, capsys):
     # kernels' own lines with Triton installed).
     for dtype in ("bfloat16", "float16", "float32"):
         assert f"  on cuda {dtype}" in out
+    assert f"a 'parallel' call of {operator.CHUNK_KERNELS_FROM_LENGTH} tokens or more" in out.splitlines()[-1]
