@@ -51,10 +51,6 @@ def _info(args: argparse.Namespace) -> int:
                 chosen.add(form)
                 status = "runs"
             print(f"    {form:<10} {backend:<8} {status}")
-    from lion_hf.modeling.lion_attention import CHUNK_KERNELS_FROM_LENGTH
-
-    print(f"long inputs   a 'parallel' call of {CHUNK_KERNELS_FROM_LENGTH} tokens or more without score dropout runs "
-          "the chunk kernels (the 'chunk triton' rows above) where they run")  # fmt: skip
     return 0
 
 

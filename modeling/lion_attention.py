@@ -33,9 +33,9 @@ column of ones next to the values, so the normaliser sees exactly the same mask 
 Dispatch. ``lion_attention`` checks its arguments once and hands them to the first entry of ``IMPLEMENTATIONS``
 (backend, form, run, why-not) that can run them: fused kernels sit in front of the PyTorch forms of this file,
 which run anywhere. ``attention_backend`` (``backend=``) or ``$LION_HF_ATTENTION_BACKEND`` names one backend.
-A ``parallel`` call of ``CHUNK_KERNELS_FROM_LENGTH`` tokens or more without score dropout goes to the fused chunk
-kernels where they can run it (unless the PyTorch backend is forced): the forms are the same function, and there
-the chunk kernels are the faster one. The float64 oracle every implementation is tested against is ``naive.py``
+The first entry takes a ``parallel`` call of ``CHUNK_KERNELS_FROM_LENGTH`` tokens or more without score dropout to
+the fused chunk kernels where they can run it: the forms are the same function, and there the chunk kernels are
+the faster one. The float64 oracle every implementation is tested against is ``naive.py``
 beside this file.
 
 Mask construction. With ``m`` the running sum of log-decays along the path minus half the token's own
@@ -222,26 +222,13 @@ def lion_attention(
         key_padding_mask=key_padding_mask,
         dropout_p=dropout_p if training and form == "parallel" else 0.0,
     )
-    implementation = _chunk_kernels_for_long_sequences(form, backend, q, k, v, log_decays, orders, options)
-    if implementation is None:
-        implementation = select_implementation(form, backend, q, k, v, log_decays, orders, **options)
+    implementation = select_implementation(form, backend, q, k, v, log_decays, orders, **options)
     if implementation.maps_features:
         return implementation.run(q, k, v, log_decays, orders, feature_map=feature_map, scale=scale, **options)
     q, k = feature_maps(feature_map, q, k, scale, backend)
     # Contiguous heads: batched matrix products would otherwise copy them again at every use.
     q, k, v = (t.contiguous() for t in (q, k, v))
     return implementation.run(q, k, v, log_decays, orders, **options)
-
-
-def _chunk_kernels_for_long_sequences(form, backend, q, k, v, log_decays, orders, options):
-    """The fused chunk form for a parallel-form call of ``CHUNK_KERNELS_FROM_LENGTH`` tokens or more without
-    score dropout, where the kernels can run it; else ``None``."""
-    if form != "parallel" or q.shape[2] < CHUNK_KERNELS_FROM_LENGTH or options["dropout_p"] > 0.0:
-        return None
-    if resolved_backend(backend) == "pytorch":
-        return None
-    chunk = next(i for i in IMPLEMENTATIONS if i.form == "chunk" and i.backend == "triton")
-    return chunk if chunk.unsupported(q, k, v, log_decays, orders, **options) is None else None
 
 
 def feature_maps(name: str, q: torch.Tensor, k: torch.Tensor, scale: float = 1.0, backend: str = "auto"):
@@ -943,8 +930,18 @@ def _triton_chunk(name: str) -> Callable:
     return call
 
 
+def _long_parallel_unsupported(q, *args, **options) -> str | None:
+    """Why a parallel-form call is not one for the chunk kernels (see ``CHUNK_KERNELS_FROM_LENGTH``), or ``None``."""
+    if q.shape[2] < CHUNK_KERNELS_FROM_LENGTH:
+        return f"{q.shape[2]} tokens (this entry runs the chunk kernels from {CHUNK_KERNELS_FROM_LENGTH} tokens on)"
+    if options["dropout_p"] > 0.0:
+        return "score dropout (the chunk kernels have none)"
+    return _triton_chunk("unsupported")(q, *args, **options)
+
+
 # Tried in this order by the "auto" backend; fused kernels go before the PyTorch forms they replace.
 IMPLEMENTATIONS: tuple[AttentionImplementation, ...] = (
+    AttentionImplementation("triton", "parallel", _triton_chunk("chunk"), _long_parallel_unsupported),
     AttentionImplementation("triton", "parallel", _triton_parallel, _triton_parallel_unsupported, maps_features=True),
     AttentionImplementation("pytorch", "parallel", _pytorch_form(_parallel_form), _runs_anywhere),
     AttentionImplementation("triton", "chunk", _triton_chunk("chunk"), _triton_chunk("unsupported")),

@@ -14,8 +14,9 @@ The mask of a path with per-token steps ``pos`` (where the path visits the token
   order), ``log M_ij = u_i - u_j`` when the path visits ``i`` after ``j`` and ``w_j - w_i`` when before (the
   ``sign(pos_i - pos_j) (m_i - m_j) + h_j - h_i`` of ``lion_attention``, with ``u = m - h`` and ``w = m + h``);
 
-several paths average their masks. The running sums are taken in PyTorch (so autograd carries their gradients to
-the log-decays, the S gate's included); the kernels return ``d loss / d u`` and ``d loss / d w`` per token: with
+several paths average their masks. The running sums are formed outside the kernels (in PyTorch under
+torch.compile, where autograd carries their gradients to the log-decays; inside the eager Function, which turns the
+sums' gradients into the log-decays' itself); the kernels return ``d loss / d u`` and ``d loss / d w`` per token: with
 ``G = dA * S * M_p / paths`` (``d loss / d log M_p``), row sums of ``G`` over the keys a query comes after, minus
 column sums over the queries that come after a key, and so on. LION-D returns ``sum_j |pos_i - pos_j| G_ij`` per
 query, summed to the head's gradient.
@@ -26,8 +27,9 @@ float16 inputs use float32 accumulation and float32 running sums, as the PyTorch
 row sum of the dropped-out scores, as the PyTorch path's column of ones next to the values gives.
 
 The forward and backward are registered as ``torch.library`` operators, which ``torch.compile`` keeps in its graph;
-eager calls take an ``autograd.Function`` around the same launches (less host time). Triton is optional: this module raises ``ImportError`` without it and ``lion_attention`` falls back to
-PyTorch. Under ``TRITON_INTERPRET=1`` (set before this module is imported) the kernels run on CPU tensors through
+eager calls take an ``autograd.Function`` around the same launches and the feature map's (less host time). The
+queries and keys are read contiguous, the values with any strides; outputs are written as (B, N, H, Dv). Triton is
+optional: this module raises ``ImportError`` without it and ``lion_attention`` falls back to PyTorch. Under ``TRITON_INTERPRET=1`` (set before this module is imported) the kernels run on CPU tensors through
 Triton's interpreter, which is how the tests exercise them without a GPU.
 """
 
@@ -35,7 +37,7 @@ import re
 
 import torch
 
-from .lion_attention import FEATURE_MAP_FUNCTIONS, is_constant_along_length, order_steps
+from .lion_attention import feature_maps, is_constant_along_length, order_steps
 
 try:
     import triton
@@ -728,9 +730,8 @@ def parallel_attention(
         # activation checkpointing (which restores the generator) draws the same mask.
         seed = torch.randint(0, 2**62, (1,), device=q.device, dtype=torch.int64)
     if torch.compiler.is_compiling():
-        # The PyTorch feature map, which inductor fuses with its neighbours.
-        q = FEATURE_MAP_FUNCTIONS[feature_map](q) * scale
-        k = FEATURE_MAP_FUNCTIONS[feature_map](k)
+        # The PyTorch feature map (as feature_maps takes under compile), which inductor fuses with its neighbours.
+        q, k = feature_maps(feature_map, q, k, scale)
         terms = _decay_terms(q, log_decays, orders)
         return _forward_op(q, k, v, key_padding_mask, *terms, seed, dropout_p, normalize, eps)[0]
     return _EagerAttention.apply(

@@ -43,15 +43,28 @@ def _row_norm(s, row_ok):
 
 
 @triton.jit
-def _pair_rows(sb, sh, sn, heads, length, BLOCK_R: tl.constexpr):
-    """This program's input (queries on grid axis 1 = 0, keys on 1), its rows of the (B, H, N) row space and their
-    offsets in the strided input (the last dim contiguous)."""
+def _pair_input(
+    X0, X1, rows, dim, sb, sh, sn, heads, length, scale, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr
+):
+    """What a program of either kernel reads: its block of rows of the queries ``X0`` (grid axis 1 = 0) or the
+    keys ``X1`` (1) in the (B, H, N) row space, from strides ``sb, sh, sn`` (the last dim contiguous), in float32;
+    the mask of the block, that of its rows, the block's offsets in the packed ``(2, B, H, N, D)`` tensors, and
+    the factor of its rows (``scale`` for the queries, 1 for the keys)."""
     which = tl.program_id(1)
     row = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    n = row % length
+    col = tl.arange(0, BLOCK_D)
+    ok = (row[:, None] < rows) & (col[None, :] < dim)
     bh = row // length
-    offsets = (bh // heads).to(tl.int64) * sb + (bh % heads).to(tl.int64) * sh + n.to(tl.int64) * sn
-    return which, row, offsets
+    offsets = (bh // heads).to(tl.int64) * sb + (bh % heads).to(tl.int64) * sh + (row % length).to(tl.int64) * sn
+    if which == 0:
+        X = X0
+        factor = scale
+    else:
+        X = X1
+        factor = 1.0
+    x = tl.load(X + offsets[:, None] + col[None, :], mask=ok, other=0.0).to(tl.float32)
+    packed = which.to(tl.int64) * rows * dim + row[:, None].to(tl.int64) * dim + col[None, :]
+    return x, ok, row < rows, packed, factor
 
 
 @triton.jit
@@ -60,23 +73,13 @@ def _forward_kernel(
     KIND: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """``Y[0] = map(X0) * scale`` and ``Y[1] = map(X1)``; ``Y`` is ``(2, B, H, N, D)`` contiguous."""
-    which, row, offsets = _pair_rows(sb, sh, sn, heads, length, BLOCK_R)
-    col = tl.arange(0, BLOCK_D)
-    ok = (row[:, None] < rows) & (col[None, :] < dim)
-    if which == 0:
-        X = X0
-        factor = scale
-    else:
-        X = X1
-        factor = 1.0
-    x = tl.load(X + offsets[:, None] + col[None, :], mask=ok, other=0.0).to(tl.float32)
+    x, ok, row_ok, packed, factor = _pair_input(X0, X1, rows, dim, sb, sh, sn, heads, length, scale, BLOCK_R, BLOCK_D)
     if KIND == 0:
         y = tl.where(x > 0, x + 1.0, tl.exp(x))
     else:
         s, _ = _silu_shifted(x, ok)
-        y = s / _row_norm(s, row < rows)
-    out = which.to(tl.int64) * rows * dim + row[:, None].to(tl.int64) * dim + col[None, :]
-    tl.store(Y + out, (y * factor).to(Y.dtype.element_ty), mask=ok)
+        y = s / _row_norm(s, row_ok)
+    tl.store(Y + packed, (y * factor).to(Y.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -87,23 +90,13 @@ def _backward_kernel(
     """``DX`` (contiguous like ``DY``) from ``DY``, the gradient of ``Y``; ``dy`` of the queries times ``scale``.
     ``elu + 1``: ``dx = dy`` where ``x > 0``, else ``dy exp(x)``. ``silu_shift_l2``, ``y = s / |s|``:
     ``ds = (dy - y (y . dy)) / |s|`` and ``dx = ds silu'(x)``, ``silu'(x) = sigmoid(x) (1 + x (1 - sigmoid(x)))``."""
-    which, row, offsets = _pair_rows(sb, sh, sn, heads, length, BLOCK_R)
-    col = tl.arange(0, BLOCK_D)
-    ok = (row[:, None] < rows) & (col[None, :] < dim)
-    if which == 0:
-        X = X0
-        factor = scale
-    else:
-        X = X1
-        factor = 1.0
-    x = tl.load(X + offsets[:, None] + col[None, :], mask=ok, other=0.0).to(tl.float32)
-    packed = which.to(tl.int64) * rows * dim + row[:, None].to(tl.int64) * dim + col[None, :]
+    x, ok, row_ok, packed, factor = _pair_input(X0, X1, rows, dim, sb, sh, sn, heads, length, scale, BLOCK_R, BLOCK_D)
     dy = tl.load(DY + packed, mask=ok, other=0.0).to(tl.float32) * factor
     if KIND == 0:
         dx = tl.where(x > 0, dy, dy * tl.exp(x))
     else:
         s, sigmoid = _silu_shifted(x, ok)
-        norm = _row_norm(s, row < rows)
+        norm = _row_norm(s, row_ok)
         y = s / norm
         ds = (dy - y * tl.sum(y * dy, 1)[:, None]) / norm
         dx = ds * (sigmoid * (1.0 + x * (1.0 - sigmoid)))

@@ -112,7 +112,7 @@ def test_dispatch_takes_the_kernel_only_where_it_may(monkeypatch):
 
 
 @pytest.mark.parametrize("kind", ["identity", *KINDS])
-def test_parallel_kernels_fuse_the_map_into_one_autograd_node(kind, monkeypatch):
+def test_parallel_kernels_fuse_the_map_into_one_autograd_node(kind):
     """Raw strided queries, keys and values into the parallel kernels: one node, the same output and gradients as
     the PyTorch path, and the output laid out (B, N, H, D) so that merging the heads is a view."""
     generator = torch.Generator().manual_seed(4)

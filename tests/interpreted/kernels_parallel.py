@@ -30,7 +30,11 @@ import torch.nn.functional as F  # noqa: E402
 
 from lion_hf import LionConfig, LionForImageClassification, LionForMaskedLM, lion_attention  # noqa: E402
 from lion_hf.modeling import lion_triton  # noqa: E402
-from lion_hf.modeling.lion_attention import BACKEND_ENVIRONMENT_VARIABLE, select_implementation  # noqa: E402
+from lion_hf.modeling.lion_attention import (  # noqa: E402
+    BACKEND_ENVIRONMENT_VARIABLE,
+    CHUNK_KERNELS_FROM_LENGTH,
+    select_implementation,
+)
 from lion_hf.modeling.naive import naive_attention_weights, naive_lion_attention  # noqa: E402
 
 assert lion_triton.is_interpreted()
@@ -322,9 +326,11 @@ def test_info_names_the_implementation_of_each_form(capsys):
     for where in ("cpu float32", "cuda bfloat16", "cuda float16", "cuda float32"):
         block = out[out.index(f"  on {where}") :].split("\n  on ")[0]
         lines = [line.split(None, 2) for line in block.splitlines() if line.startswith("    ")]
-        assert lines[:2] == [
-            ["parallel", "triton", "runs"], ["parallel", "pytorch", "can run (with attention_backend='pytorch')"]
-        ], block
+        long_inputs = f"cannot run: 16 tokens (this entry runs the chunk kernels from {CHUNK_KERNELS_FROM_LENGTH} tokens on)"
+        assert lines[:3] == [
+            ["parallel", "triton", long_inputs], ["parallel", "triton", "runs"],
+            ["parallel", "pytorch", "can run (with attention_backend='pytorch')"],
+        ], block  # fmt: skip
         assert lines[-2:] == [
             ["features", "triton", "runs"], ["features", "pytorch", "can run (with attention_backend='pytorch')"]
         ], block
