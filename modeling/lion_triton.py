@@ -37,7 +37,7 @@ import re
 
 import torch
 
-from .lion_attention import feature_maps, is_constant_along_length, order_steps
+from .lion_attention import is_constant_along_length, order_steps
 
 try:
     import triton
@@ -53,6 +53,10 @@ MAX_DROPOUT_LENGTH = 46340
 MAX_BATCH_HEADS = 65535
 
 _LOG2E = tl.constexpr(1.4426950408889634)
+
+# The feature maps the kernels apply to queries and keys as they load them (lion_attention's FEATURE_MAP_FUNCTIONS),
+# by their code in the kernels' FEATURE argument.
+FEATURE_MAPS = {"identity": 0, "elu_plus_one": 1, "silu_shift_l2": 2}
 
 
 def cdiv(a: int, b: int) -> int:
@@ -72,6 +76,50 @@ def is_interpreted() -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ kernels
+
+
+@triton.jit
+def _silu_shifted(x, ok):
+    """``silu(x) + 1/2`` (positive: silu is above -0.28) and ``sigmoid(x)``; zeros outside ``ok``."""
+    sigmoid = tl.sigmoid(x)
+    return tl.where(ok, x * sigmoid + 0.5, 0.0), sigmoid
+
+
+@triton.jit
+def _row_norm(s, row_ok):
+    """``|s|`` of each row as a column; 1 on rows outside ``row_ok`` (all zeros there), which are not stored."""
+    return tl.where(row_ok, tl.sqrt(tl.sum(s * s, 1)), 1.0)[:, None]
+
+
+@triton.jit
+def _feature_map(x, ok, row_ok, FEATURE: tl.constexpr):
+    """The feature map of a float32 tile of rows (the whole head dim in each), zeros outside ``ok``."""
+    if FEATURE == 0:
+        y = tl.where(ok, x, 0.0)
+    elif FEATURE == 1:
+        y = tl.where(ok, tl.where(x > 0, x + 1.0, tl.exp(x)), 0.0)
+    else:
+        s, _ = _silu_shifted(x, ok)
+        y = s / _row_norm(s, row_ok)
+    return y
+
+
+@triton.jit
+def _feature_map_gradient(x, dy, ok, row_ok, FEATURE: tl.constexpr):
+    """``dx`` from ``dy``, the gradient of ``_feature_map(x)`` (float32 tiles). ``elu + 1``: ``dx = dy`` where
+    ``x > 0``, else ``dy exp(x)``. ``silu_shift_l2``, ``y = s / |s|``: ``ds = (dy - y (y . dy)) / |s|`` and
+    ``dx = ds silu'(x)``, ``silu'(x) = sigmoid(x) (1 + x (1 - sigmoid(x)))``."""
+    if FEATURE == 0:
+        dx = dy
+    elif FEATURE == 1:
+        dx = tl.where(x > 0, dy, dy * tl.exp(x))
+    else:
+        s, sigmoid = _silu_shifted(x, ok)
+        norm = _row_norm(s, row_ok)
+        y = s / norm
+        ds = (dy - y * tl.sum(y * dy, 1)[:, None]) / norm
+        dx = ds * (sigmoid * (1.0 + x * (1.0 - sigmoid)))
+    return dx
 
 
 @triton.jit
@@ -140,15 +188,16 @@ def _keep(seed, bh, qi, kj, N, threshold):
 
 
 @triton.jit
-def _program(H, N, D, svb, svh, sob, soh, BLOCK: tl.constexpr):
+def _program(H, N, D, sqb, sqh, svb, svh, sob, soh, BLOCK: tl.constexpr):
     """This program's batch x head index, batch, head, block of tokens (grid axis 0), and where its head starts
-    in the contiguous (B, H, N, D) queries and keys, in the values (batch and head strides ``svb``, ``svh``) and in
-    the outputs and their gradients (``sob``, ``soh``)."""
+    in the queries and keys (batch and head strides ``sqb``, ``sqh``, shared by both), in their gradients
+    (contiguous (B, H, N, D)), in the values (``svb``, ``svh``) and in the outputs and their gradients (``sob``,
+    ``soh``)."""
     bh = tl.program_id(1)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    return bh, bh // H, bh % H, offs, bh.to(tl.int64) * N * D, b * svb + h * svh, b * sob + h * soh
+    return bh, bh // H, bh % H, offs, b * sqb + h * sqh, bh.to(tl.int64) * N * D, b * svb + h * svh, b * sob + h * soh
 
 
 @triton.jit
@@ -172,6 +221,30 @@ def _store_rows(PTR, base, rows, rows_ok, width, cols, stride, value):
 
 
 @triton.jit
+def _mapped_rows(PTR, base, rows, rows_ok, width, cols, stride, factor, FEATURE: tl.constexpr, SCALED: tl.constexpr):
+    """``_rows`` through the feature map, times ``factor`` when ``SCALED``, in the input's dtype (rounded once, as
+    the products take it)."""
+    x = _rows(PTR, base, rows, rows_ok, width, cols, stride)
+    if FEATURE == 0 and not SCALED:
+        return x
+    ok = rows_ok[:, None] & (cols[None, :] < width)
+    y = _feature_map(x.to(tl.float32), ok, rows_ok, FEATURE)
+    if SCALED:
+        y = y * factor
+    return y.to(x.dtype)
+
+
+@triton.jit
+def _raw_gradient(GRAD, PTR, base, grad_base, rows, rows_ok, width, cols, stride, dy, FEATURE: tl.constexpr):
+    """Stores the gradient of raw rows ``rows`` (read again from ``PTR``) given ``dy``, that of their map, into the
+    contiguous ``GRAD``."""
+    x = _rows(PTR, base, rows, rows_ok, width, cols, stride).to(tl.float32)
+    ok = rows_ok[:, None] & (cols[None, :] < width)
+    dx = _feature_map_gradient(x, dy, ok, rows_ok, FEATURE)
+    _store_rows(GRAD, grad_base, rows, rows_ok, width, cols, width, dx)
+
+
+@triton.jit
 def _real_keys(PAD, b, offs_n, N, HAS_PAD: tl.constexpr):
     """Keys inside the sequence and, with a padding mask, not padded. Loaded through this mask, padded keys and
     values are zeros: their scores are 0 whatever they hold (NaN included)."""
@@ -184,16 +257,17 @@ def _real_keys(PAD, b, offs_n, N, HAS_PAD: tl.constexpr):
 @triton.jit
 def _forward_kernel(
     Q, K, V, OUT, Z, PAD, POS, DECAY, U, W, U_LO, W_LO, SEED,
-    H, N, D, DV, svb, svh, svn, sob, soh, son, path_stride, batch_stride, eps, drop_threshold, drop_scale,
-    NUM_PATHS: tl.constexpr, DISTANCE: tl.constexpr, HAS_LO: tl.constexpr, HAS_PAD: tl.constexpr,
+    H, N, D, DV, sqb, sqh, sqn, svb, svh, svn, sob, soh, son, path_stride, batch_stride, eps, scale,
+    drop_threshold, drop_scale,
+    FEATURE: tl.constexpr, NUM_PATHS: tl.constexpr, DISTANCE: tl.constexpr, HAS_LO: tl.constexpr, HAS_PAD: tl.constexpr,
     DROPOUT: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
-    bh, b, h, offs_m, qk_base, v_base, o_base = _program(H, N, D, svb, svh, sob, soh, BLOCK_M)
+    bh, b, h, offs_m, qk_base, grad_base, v_base, o_base = _program(H, N, D, sqb, sqh, svb, svh, sob, soh, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     rows_ok = offs_m < N
-    q = _rows(Q, qk_base, offs_m, rows_ok, D, offs_d, D)
+    q = _mapped_rows(Q, qk_base, offs_m, rows_ok, D, offs_d, sqn, scale, FEATURE, True)
     acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
     z = tl.zeros((BLOCK_M,), dtype=tl.float32)
     seed = 0
@@ -202,7 +276,7 @@ def _forward_kernel(
     for start_n in range(0, N, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         keys_ok = _real_keys(PAD, b, offs_n, N, HAS_PAD)
-        k = _rows(K, qk_base, offs_n, keys_ok, D, offs_d, D)
+        k = _mapped_rows(K, qk_base, offs_n, keys_ok, D, offs_d, sqn, 1.0, FEATURE, False)
         v = _rows(V, v_base, offs_n, keys_ok, DV, offs_dv, svn)
         a = tl.dot(q, tl.trans(k), input_precision=PRECISION)
         if NUM_PATHS > 0:
@@ -226,8 +300,9 @@ def _forward_kernel(
 @triton.jit
 def _backward_q_kernel(
     Q, K, V, OUT, Z, DY, INV, DELTA, DQ, GRAD_U, GRAD_W, PAD, POS, DECAY, U, W, U_LO, W_LO, SEED,
-    H, N, D, DV, svb, svh, svn, sob, soh, son, path_stride, batch_stride, eps, drop_threshold, drop_scale,
-    NUM_PATHS: tl.constexpr, DISTANCE: tl.constexpr, HAS_LO: tl.constexpr, HAS_PAD: tl.constexpr,
+    H, N, D, DV, sqb, sqh, sqn, svb, svh, svn, sob, soh, son, path_stride, batch_stride, eps, scale,
+    drop_threshold, drop_scale,
+    FEATURE: tl.constexpr, NUM_PATHS: tl.constexpr, DISTANCE: tl.constexpr, HAS_LO: tl.constexpr, HAS_PAD: tl.constexpr,
     DROPOUT: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
@@ -237,11 +312,11 @@ def _backward_q_kernel(
     ``dP_ij = dN_i . v_j + dZ_i``; ``1 / (Z + eps)`` and ``dZ`` are left in ``INV`` and ``DELTA`` for the key
     kernel. LION-S: ``GRAD_U``/``GRAD_W`` receive the row sums of ``G`` over the keys each query comes after /
     before; LION-D: ``GRAD_U`` receives ``sum_j |pos_i - pos_j| G_ij``, its final gradient."""
-    bh, b, h, offs_m, qk_base, v_base, o_base = _program(H, N, D, svb, svh, sob, soh, BLOCK_M)
+    bh, b, h, offs_m, qk_base, grad_base, v_base, o_base = _program(H, N, D, sqb, sqh, svb, svh, sob, soh, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     rows_ok = offs_m < N
-    q = _rows(Q, qk_base, offs_m, rows_ok, D, offs_d, D)
+    q = _mapped_rows(Q, qk_base, offs_m, rows_ok, D, offs_d, sqn, scale, FEATURE, True)
     dy = _rows(DY, o_base, offs_m, rows_ok, DV, offs_dv, son)
     if NORMALIZE:
         inv = 1.0 / (tl.load(Z + bh * N + offs_m, mask=rows_ok, other=0.0) + eps)
@@ -261,7 +336,7 @@ def _backward_q_kernel(
     for start_n in range(0, N, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         keys_ok = _real_keys(PAD, b, offs_n, N, HAS_PAD)
-        k = _rows(K, qk_base, offs_n, keys_ok, D, offs_d, D)
+        k = _mapped_rows(K, qk_base, offs_n, keys_ok, D, offs_d, sqn, 1.0, FEATURE, False)
         v = _rows(V, v_base, offs_n, keys_ok, DV, offs_dv, svn)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
         dp = tl.dot(dy, tl.trans(v), input_precision=PRECISION)
@@ -293,7 +368,7 @@ def _backward_q_kernel(
                     after1 += tl.sum(tl.where(delta1 > 0, g1, 0.0), 1)
                     before1 += tl.sum(tl.where(delta1 < 0, g1, 0.0), 1)
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PRECISION)
-    _store_rows(DQ, qk_base, offs_m, rows_ok, D, offs_d, D, dq)
+    _raw_gradient(DQ, Q, qk_base, grad_base, offs_m, rows_ok, D, offs_d, sqn, dq * scale, FEATURE)
     if NUM_PATHS > 0:
         path_size = tl.num_programs(1) * N
         tl.store(GRAD_U + bh * N + offs_m, after0, mask=rows_ok)
@@ -308,8 +383,9 @@ def _backward_q_kernel(
 @triton.jit
 def _backward_kv_kernel(
     Q, K, V, DY, INV, DELTA, DK, DVAL, GRAD_U, GRAD_W, PAD, POS, DECAY, U, W, U_LO, W_LO, SEED,
-    H, N, D, DV, svb, svh, svn, sob, soh, son, path_stride, batch_stride, drop_threshold, drop_scale,
-    NUM_PATHS: tl.constexpr, DISTANCE: tl.constexpr, HAS_LO: tl.constexpr, HAS_PAD: tl.constexpr,
+    H, N, D, DV, sqb, sqh, sqn, svb, svh, svn, sob, soh, son, path_stride, batch_stride, scale, drop_threshold,
+    drop_scale,
+    FEATURE: tl.constexpr, NUM_PATHS: tl.constexpr, DISTANCE: tl.constexpr, HAS_LO: tl.constexpr, HAS_PAD: tl.constexpr,
     DROPOUT: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
@@ -317,12 +393,12 @@ def _backward_kv_kernel(
     (the query kernel's row sums, in ``GRAD_U``/``GRAD_W``, combined with this kernel's column sums in place).
 
     Tiles are (keys, queries), the transpose of the forward's, so that ``dk`` and ``dv`` are plain products."""
-    bh, b, h, offs_n, qk_base, v_base, o_base = _program(H, N, D, svb, svh, sob, soh, BLOCK_N)
+    bh, b, h, offs_n, qk_base, grad_base, v_base, o_base = _program(H, N, D, sqb, sqh, svb, svh, sob, soh, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     in_range = offs_n < N
     keys_ok = _real_keys(PAD, b, offs_n, N, HAS_PAD)
-    k = _rows(K, qk_base, offs_n, keys_ok, D, offs_d, D)
+    k = _mapped_rows(K, qk_base, offs_n, keys_ok, D, offs_d, sqn, 1.0, FEATURE, False)
     v = _rows(V, v_base, offs_n, keys_ok, DV, offs_dv, svn)
     dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_DV), dtype=tl.float32)
@@ -336,7 +412,7 @@ def _backward_kv_kernel(
     for start_m in range(0, N, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         rows_ok = offs_m < N
-        q = _rows(Q, qk_base, offs_m, rows_ok, D, offs_d, D)
+        q = _mapped_rows(Q, qk_base, offs_m, rows_ok, D, offs_d, sqn, scale, FEATURE, True)
         dy = _rows(DY, o_base, offs_m, rows_ok, DV, offs_dv, son)
         if NORMALIZE:
             inv = tl.load(INV + bh * N + offs_m, mask=rows_ok, other=0.0)
@@ -372,7 +448,7 @@ def _backward_kv_kernel(
                 g1 = g_t * m1
                 after1 += tl.sum(tl.where(delta1 > 0, g1, 0.0), 1)
                 before1 += tl.sum(tl.where(delta1 < 0, g1, 0.0), 1)
-    _store_rows(DK, qk_base, offs_n, in_range, D, offs_d, D, dk)
+    _raw_gradient(DK, K, qk_base, grad_base, offs_n, in_range, D, offs_d, sqn, dk, FEATURE)
     _store_rows(DVAL, o_base, offs_n, in_range, DV, offs_dv, son, dv)
     if NUM_PATHS > 0 and not DISTANCE:
         _finish_segment_gradient(GRAD_U, GRAD_W, bh * N + offs_n, in_range, after0, before0)
@@ -458,39 +534,50 @@ def _output(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return q.new_empty(batch, length, heads, v.shape[-1]).transpose(1, 2)
 
 
-def _strides(v: torch.Tensor, out: torch.Tensor) -> tuple[int, ...]:
-    """Batch, head and token strides of the values, then of the outputs (theirs are the gradients' too)."""
-    return (*v.stride()[:3], *out.stride()[:3])
+def _strides(q: torch.Tensor, v: torch.Tensor, out: torch.Tensor) -> tuple[int, ...]:
+    """Batch, head and token strides of the queries (the keys' too), of the values, then of the outputs (theirs
+    are the gradients' too)."""
+    return (*q.stride()[:3], *v.stride()[:3], *out.stride()[:3])
 
 
-def _forward(q, k, v, padding, positions, distance, u, w, u_lo, w_lo, seed, dropout_p, normalize, eps):
-    """``(Y, Z)``: the output and, when ``normalize``, the row sums ``(B, H, N)`` float32 (else empty)."""
+def _readable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``q``, ``k`` and ``v`` as the kernels read them: the queries and keys with the same strides, every last dim
+    contiguous (views of a fused projection's output already are)."""
+    if q.stride() != k.stride() or q.stride(-1) != 1:
+        q, k = q.contiguous(), k.contiguous()
+    return q, k, _last_dim_contiguous(v)
+
+
+def _forward(q, k, v, padding, positions, distance, u, w, u_lo, w_lo, seed, dropout_p, normalize, eps, feature, scale):
+    """``(Y, Z)``: the output and, when ``normalize``, the row sums ``(B, H, N)`` float32 (else empty). ``q`` and
+    ``k`` are raw: the kernel applies feature map ``feature`` (a code of ``FEATURE_MAPS``) and ``scale``."""
     batch, heads, length, dim = q.shape
     value_dim = v.shape[-1]
-    q, k, v = q.contiguous(), k.contiguous(), _last_dim_contiguous(v)
+    q, k, v = _readable(q, k, v)
     out = _output(q, v)
     z = torch.empty(batch, heads, length if normalize else 0, device=q.device, dtype=torch.float32)
     config = _blocks("forward", length, q.dtype)
     path_stride, batch_stride = _decay_strides(distance, u)
-    threshold, scale = _dropout_arguments(dropout_p)
+    threshold, drop_scale = _dropout_arguments(dropout_p)
     _forward_kernel[(cdiv(length, config["BLOCK_M"]), batch * heads)](
         q, k, v, out, z if normalize else q, *_pointers(q, padding, positions, distance, u, w, u_lo, w_lo, seed),
-        heads, length, dim, value_dim, *_strides(v, out), path_stride, batch_stride, eps, threshold, scale,
-        **_flags(q, v, positions, distance, u_lo, padding, dropout_p, normalize), **config,
+        heads, length, dim, value_dim, *_strides(q, v, out), path_stride, batch_stride, eps, scale, threshold,
+        drop_scale, FEATURE=feature, **_flags(q, v, positions, distance, u_lo, padding, dropout_p, normalize), **config,
     )  # fmt: skip
     return out, z
 
 
 def _backward(
-    grad_out, q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed, dropout_p, normalize, eps, dqk=None
-):
-    """``(dq, dk, dv, d distance, d u, d w)``; the gradients of absent decays are empty tensors. ``dq`` and ``dk``
-    are written into ``dqk`` ``(2, B, H, N, D)`` when given, ``dv`` in the layout of ``out``."""
+    grad_out, q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed, dropout_p, normalize, eps,
+    feature, scale,
+):  # fmt: skip
+    """``(dq, dk, dv, d distance, d u, d w)``: the gradients of the raw queries and keys (contiguous), of the values
+    (in the layout of ``out``) and of the decay terms (empty tensors for absent ones)."""
     batch, heads, length, dim = q.shape
     value_dim = v.shape[-1]
-    q, k, v = q.contiguous(), k.contiguous(), _last_dim_contiguous(v)
+    q, k, v = _readable(q, k, v)
     dy = grad_out if grad_out.stride() == out.stride() else torch.empty_like(out).copy_(grad_out)
-    dq, dk = (torch.empty_like(q), torch.empty_like(k)) if dqk is None else dqk.unbind(0)
+    dq, dk = q.new_empty(q.shape), k.new_empty(k.shape)
     dv = torch.empty_like(out)
     paths = 0 if positions is None else positions.shape[0]
     grad_u = torch.empty(max(paths, 1), batch, heads, length, device=q.device, dtype=torch.float32)
@@ -500,21 +587,22 @@ def _backward(
     else:
         inv = delta = z = q
     path_stride, batch_stride = _decay_strides(distance, u)
-    threshold, scale = _dropout_arguments(dropout_p)
+    threshold, drop_scale = _dropout_arguments(dropout_p)
     flags = _flags(q, v, positions, distance, u_lo, padding, dropout_p, normalize)
     pointers = _pointers(q, padding, positions, distance, u, w, u_lo, w_lo, seed)
+    strides = _strides(q, v, out)
     config = _blocks("backward_q", length, q.dtype)
     _backward_q_kernel[(cdiv(length, config["BLOCK_M"]), batch * heads)](
         q, k, v, out, z, dy, inv, delta, dq, grad_u, grad_w, *pointers,
-        heads, length, dim, value_dim, *_strides(v, out), path_stride, batch_stride, eps, threshold, scale,
-        **flags, **config,
+        heads, length, dim, value_dim, *strides, path_stride, batch_stride, eps, scale, threshold, drop_scale,
+        FEATURE=feature, **flags, **config,
     )  # fmt: skip
     # After the query kernel on the same stream: it reads the normaliser terms and row sums that kernel left.
     config = _blocks("backward_kv", length, q.dtype)
     _backward_kv_kernel[(cdiv(length, config["BLOCK_N"]), batch * heads)](
         q, k, v, dy, inv, delta, dk, dv, grad_u, grad_w, *pointers,
-        heads, length, dim, value_dim, *_strides(v, out), path_stride, batch_stride, threshold, scale,
-        **flags, **config,
+        heads, length, dim, value_dim, *strides, path_stride, batch_stride, scale, threshold, drop_scale,
+        FEATURE=feature, **flags, **config,
     )  # fmt: skip
 
     def none():  # a fresh empty tensor each: an operator's outputs may not alias each other
@@ -540,10 +628,10 @@ _OP_PREFIX = op_prefix(__name__)
 
 
 # What both operators take after their own tensors: the key padding, the decay terms (see _decay_terms), the
-# dropout seed and the options.
+# dropout seed and the options (the feature map by its code in FEATURE_MAPS).
 _TERMS = (
     "Tensor? padding, Tensor? positions, Tensor? distance, Tensor? u, Tensor? w, Tensor? u_lo, Tensor? w_lo, "
-    "Tensor? seed, float dropout_p, bool normalize, float eps"
+    "Tensor? seed, float dropout_p, bool normalize, float eps, int feature, float scale"
 )
 
 
@@ -557,7 +645,7 @@ def _forward_op(q, k, v, *terms):
 @_forward_op.register_fake
 def _(q, k, v, *terms):
     batch, heads, length, _ = q.shape
-    normalize = terms[-2]
+    normalize = terms[-4]
     return _output(q, v), q.new_empty(batch, heads, length if normalize else 0, dtype=torch.float32)
 
 
@@ -577,15 +665,14 @@ def _(grad_out, q, k, v, out, z, padding, positions, distance, u, *rest):
         return q.new_empty(0) if decay is None else torch.empty_like(decay)
 
     w = rest[0]
-    q, k = q.contiguous(), k.contiguous()
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(out), like(distance), like(u), like(w)
+    return q.new_empty(q.shape), k.new_empty(k.shape), torch.empty_like(out), like(distance), like(u), like(w)
 
 
 def _setup_context(ctx, inputs, output):
-    *tensors, dropout_p, normalize, eps = inputs
+    *tensors, dropout_p, normalize, eps, feature, scale = inputs
     q, k, v, padding, positions, distance, u, w, u_lo, w_lo, seed = tensors
     ctx.save_for_backward(q, k, v, *output, padding, positions, distance, u, w, u_lo, w_lo, seed)
-    ctx.options = (dropout_p, normalize, eps)
+    ctx.options = (dropout_p, normalize, eps, feature, scale)
 
 
 def _backward_of_forward_op(ctx, grad_out, grad_z):
@@ -597,49 +684,37 @@ def _backward_of_forward_op(ctx, grad_out, grad_z):
     grad_distance = grad_distance if distance is not None else None
     grad_u, grad_w = (grad_u, grad_w) if u is not None else (None, None)
     # The low parts of the running sums carry no gradient of their own (see _decay_terms).
-    return dq, dk, dv, None, None, grad_distance, grad_u, grad_w, None, None, None, None, None, None
+    return dq, dk, dv, None, None, grad_distance, grad_u, grad_w, None, None, None, None, None, None, None, None
 
 
 _forward_op.register_autograd(_backward_of_forward_op, setup_context=_setup_context)
 
 
 class _EagerAttention(torch.autograd.Function):
-    """The same forward and backward as the operators, for eager mode, with the feature map and the decay terms
-    inside: one autograd node for the layer's whole token mixing. The queries and keys are mapped (and the queries
-    scaled) by one fused kernel, read in place from the projection's output, and mapped again in the backward
-    instead of being kept; the running sums, their float32 split and the path orders are formed without autograd,
-    and the backward turns the kernels' gradients of the sums into those of the log-decays itself (reversed running
-    sums, gathers by the inverse orders). A training step pays the host time of every autograd node once per layer
-    and again in the backward; here the feature map, the scale and the decays add none."""
+    """The same forward and backward as the operators, for eager mode, with the decay terms inside: one autograd
+    node for the layer's whole token mixing. The kernels read the raw queries and keys in place (a view of the
+    fused projection's output needs no copy) and apply the feature map and the scale as they load them, in the
+    backward too, so nothing mapped is kept; the running sums, their float32 split and the path orders are formed
+    without autograd, and the backward turns the kernels' gradients of the sums into those of the log-decays itself
+    (reversed running sums, gathers by the inverse orders). A training step pays the host time of every autograd
+    node once per layer and again in the backward; here the feature map, the scale and the decays add none."""
 
     @staticmethod
-    def forward(ctx, q, k, v, padding, seed, options, features, orders, *log_decays):
-        q, k = _mappable(q, k, features[0])
-        mapped_q, mapped_k = _map_features(q, k, *features)
-        terms = _decay_terms(mapped_q, log_decays or None, orders)
-        out, z = _forward(mapped_q, mapped_k, v, padding, *terms, seed, *options)
-        # Without a feature map the scaled queries are kept (a copy either way); with one, the raw inputs.
-        kept = (mapped_q, mapped_k) if features[0] == "identity" else (q, k)
-        ctx.save_for_backward(*kept, v, out, z, padding, *terms, seed)
-        ctx.options, ctx.features, ctx.orders = options, features, orders
+    def forward(ctx, q, k, v, padding, seed, options, orders, *log_decays):
+        q, k, v = _readable(q, k, v)
+        terms = _decay_terms(q, log_decays or None, orders)
+        out, z = _forward(q, k, v, padding, *terms, seed, *options)
+        ctx.save_for_backward(q, k, v, out, z, padding, *terms, seed)
+        ctx.options, ctx.orders = options, orders
         ctx.decays = [(log_decay.shape, log_decay.dtype) for log_decay in log_decays]
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed = ctx.saved_tensors
-        kind, scale = ctx.features
-        mapped = kind != "identity"
-        mapped_q, mapped_k = _map_features(q, k, *ctx.features) if mapped else (q, k)
-        dqk = q.new_empty((2, *q.shape))
-        _, _, dv, grad_distance, grad_u, grad_w = _backward(
-            grad_out, mapped_q, mapped_k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed,
-            *ctx.options, dqk=dqk,
-        )  # fmt: skip
-        if mapped:
-            dqk = lion_triton_features.map_pair_backward(kind, q, k, scale, dqk)
-        else:
-            dqk[0] *= scale
+        dq, dk, dv, grad_distance, grad_u, grad_w = _backward(
+            grad_out, q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed, *ctx.options
+        )
         if distance is not None:
             grads = [_constant_gradient(g, *decay) for g, decay in zip(grad_distance, ctx.decays)]
         elif u is not None:
@@ -650,21 +725,7 @@ class _EagerAttention(torch.autograd.Function):
             ]
         else:
             grads = []
-        return dqk[0], dqk[1], dv, None, None, None, None, None, *grads
-
-
-def _mappable(q: torch.Tensor, k: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``q`` and ``k`` as the feature-map kernel reads them: the same strides, the last dim contiguous."""
-    if kind == "identity" or (q.stride() == k.stride() and q.stride(-1) == 1):
-        return q, k
-    return q.contiguous(), k.contiguous()
-
-
-def _map_features(q, k, kind: str, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(map(q) * scale, map(k))``, contiguous, without autograd."""
-    if kind == "identity":
-        return (q * scale).contiguous(), k.contiguous()
-    return lion_triton_features.map_pair(kind, q, k, scale).unbind(0)
+        return dq, dk, dv, None, None, None, None, *grads
 
 
 def _constant_gradient(grad: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
@@ -729,14 +790,11 @@ def parallel_attention(
         # Drawn from torch's generator: torch.manual_seed reproduces the dropout, and recomputation under
         # activation checkpointing (which restores the generator) draws the same mask.
         seed = torch.randint(0, 2**62, (1,), device=q.device, dtype=torch.int64)
+    options = (dropout_p, normalize, eps, FEATURE_MAPS[feature_map], scale)
     if torch.compiler.is_compiling():
-        # The PyTorch feature map (as feature_maps takes under compile), which inductor fuses with its neighbours.
-        q, k = feature_maps(feature_map, q, k, scale)
         terms = _decay_terms(q, log_decays, orders)
-        return _forward_op(q, k, v, key_padding_mask, *terms, seed, dropout_p, normalize, eps)[0]
-    return _EagerAttention.apply(
-        q, k, v, key_padding_mask, seed, (dropout_p, normalize, eps), (feature_map, scale), orders, *(log_decays or ())
-    )
+        return _forward_op(q, k, v, key_padding_mask, *terms, seed, *options)[0]
+    return _EagerAttention.apply(q, k, v, key_padding_mask, seed, options, orders, *(log_decays or ()))
 
 
 def _decay_terms(q, log_decays, orders):
@@ -791,6 +849,3 @@ def _segment_sums(log_decay, order, step, dtype):
         return exclusive, inclusive
     return exclusive[..., step], inclusive[..., step]
 
-
-# Last, and as a module: the feature-map module imports this one's launch helpers, and either may load first.
-from . import lion_triton_features  # noqa: E402

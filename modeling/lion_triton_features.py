@@ -19,27 +19,15 @@ try:
     import triton
     import triton.language as tl
 
-    from .lion_triton import cdiv, is_interpreted, next_power_of_2
+    from .lion_triton import FEATURE_MAPS, _feature_map, _feature_map_gradient, cdiv, is_interpreted, next_power_of_2
 except ImportError as error:  # the models catch this and use the PyTorch feature maps
     raise ImportError("the fused LION kernels need Triton (pip install triton)") from error
 
-KINDS = {"elu_plus_one": 0, "silu_shift_l2": 1}
+# The maps worth a kernel of their own (by their code in lion_triton, whose kernels apply every map as they load).
+KINDS = {name: code for name, code in FEATURE_MAPS.items() if name != "identity"}
 MAX_DIM = 256
 # Elements per program: rows x head dim, at most this many.
 _TILE = 4096
-
-
-@triton.jit
-def _silu_shifted(x, ok):
-    """``silu(x) + 1/2`` (positive: silu is above -0.28) and ``sigmoid(x)``; zeros outside ``ok``."""
-    sigmoid = tl.sigmoid(x)
-    return tl.where(ok, x * sigmoid + 0.5, 0.0), sigmoid
-
-
-@triton.jit
-def _row_norm(s, row_ok):
-    """``|s|`` of each row as a column; 1 on rows past the end (all zeros there), which are not stored."""
-    return tl.where(row_ok, tl.sqrt(tl.sum(s * s, 1)), 1.0)[:, None]
 
 
 @triton.jit
@@ -74,11 +62,7 @@ def _forward_kernel(
 ):
     """``Y[0] = map(X0) * scale`` and ``Y[1] = map(X1)``; ``Y`` is ``(2, B, H, N, D)`` contiguous."""
     x, ok, row_ok, packed, factor = _pair_input(X0, X1, rows, dim, sb, sh, sn, heads, length, scale, BLOCK_R, BLOCK_D)
-    if KIND == 0:
-        y = tl.where(x > 0, x + 1.0, tl.exp(x))
-    else:
-        s, _ = _silu_shifted(x, ok)
-        y = s / _row_norm(s, row_ok)
+    y = _feature_map(x, ok, row_ok, KIND)
     tl.store(Y + packed, (y * factor).to(Y.dtype.element_ty), mask=ok)
 
 
@@ -87,19 +71,10 @@ def _backward_kernel(
     X0, X1, DY, DX, rows, dim, sb, sh, sn, heads, length, scale,
     KIND: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """``DX`` (contiguous like ``DY``) from ``DY``, the gradient of ``Y``; ``dy`` of the queries times ``scale``.
-    ``elu + 1``: ``dx = dy`` where ``x > 0``, else ``dy exp(x)``. ``silu_shift_l2``, ``y = s / |s|``:
-    ``ds = (dy - y (y . dy)) / |s|`` and ``dx = ds silu'(x)``, ``silu'(x) = sigmoid(x) (1 + x (1 - sigmoid(x)))``."""
+    """``DX`` (contiguous like ``DY``) from ``DY``, the gradient of ``Y``; ``dy`` of the queries times ``scale``."""
     x, ok, row_ok, packed, factor = _pair_input(X0, X1, rows, dim, sb, sh, sn, heads, length, scale, BLOCK_R, BLOCK_D)
     dy = tl.load(DY + packed, mask=ok, other=0.0).to(tl.float32) * factor
-    if KIND == 0:
-        dx = tl.where(x > 0, dy, dy * tl.exp(x))
-    else:
-        s, sigmoid = _silu_shifted(x, ok)
-        norm = _row_norm(s, row_ok)
-        y = s / norm
-        ds = (dy - y * tl.sum(y * dy, 1)[:, None]) / norm
-        dx = ds * (sigmoid * (1.0 + x * (1.0 - sigmoid)))
+    dx = _feature_map_gradient(x, dy, ok, row_ok, KIND)
     tl.store(DX + packed, dx.to(DX.dtype.element_ty), mask=ok)
 
 

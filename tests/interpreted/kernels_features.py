@@ -3,8 +3,8 @@
 Maps (queries scaled) and gradients against float64 PyTorch and the PyTorch functions, read from strided views as
 the models pass them, on row counts that are not multiples of the interpreter's 16-row blocks and head dims that
 are not powers of two; the dispatch (fused where it can run, PyTorch for a forced PyTorch backend, mismatched
-strides and float64); the map fused into the parallel kernels' autograd node; and a vision model whose eager
-forward and backward through every kernel match the PyTorch path. Runs in a process of its own (see
+strides and float64); the maps applied by the parallel kernels as they load (one autograd node); and a vision
+model whose eager forward and backward through every kernel match the PyTorch path. Runs in a process of its own (see
 kernels_parallel.py), started by tests/test_kernels.py.
 """
 
@@ -29,6 +29,7 @@ from lion_hf.modeling.lion_attention import (  # noqa: E402
     feature_maps,
     lion_attention,
 )
+from lion_hf.modeling.naive import naive_lion_attention  # noqa: E402
 
 KINDS = ("elu_plus_one", "silu_shift_l2")
 
@@ -112,25 +113,34 @@ def test_dispatch_takes_the_kernel_only_where_it_may(monkeypatch):
 
 
 @pytest.mark.parametrize("kind", ["identity", *KINDS])
-def test_parallel_kernels_fuse_the_map_into_one_autograd_node(kind):
-    """Raw strided queries, keys and values into the parallel kernels: one node, the same output and gradients as
-    the PyTorch path, and the output laid out (B, N, H, D) so that merging the heads is a view."""
+def test_parallel_kernels_map_the_features_in_one_autograd_node(kind):
+    """Raw strided queries, keys and values into the parallel kernels, which map and scale the features as they load
+    them: one node, the output and gradients of the float64 oracle (the map applied in float64) and of the PyTorch
+    path, and the output laid out (B, N, H, D) so that merging the heads is a view."""
     generator = torch.Generator().manual_seed(4)
     qkv = torch.randn(2, 21, 3, 2, 16, generator=generator)
-    q, k, v = (t.transpose(1, 2).requires_grad_() for t in qkv.unbind(2))
     log_decays = [torch.nn.functional.logsigmoid(torch.randn(2, 2, 21, generator=generator))]
     grad = torch.randn(2, 2, 21, 16, generator=generator)
-    results = []
     # Normalised where the map is positive, as the models are (identity's row sums may come near 0).
-    options = dict(feature_map=kind, scale=0.25, normalize=kind != "identity")
-    for backend in ("triton", "pytorch"):
-        out = lion_attention(q, k, v, log_decays, backend=backend, **options)
+    normalize = kind != "identity"
+    results = []
+    for backend in ("triton", "pytorch", "float64"):
+        q, k, v = (t.transpose(1, 2) for t in (qkv.double() if backend == "float64" else qkv).unbind(2))
+        q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+        if backend == "float64":
+            function = FEATURE_MAP_FUNCTIONS[kind]
+            decays = [d.double() for d in log_decays]
+            out = naive_lion_attention(function(q) * 0.25, function(k), v, decays, normalize=normalize)
+        else:
+            out = lion_attention(q, k, v, log_decays, feature_map=kind, scale=0.25, normalize=normalize, backend=backend)
         if backend == "triton":
             assert type(out.grad_fn).__name__ == "_EagerAttentionBackward"
             assert out.transpose(1, 2).is_contiguous()
-        results.append((out, *torch.autograd.grad(out, (q, k, v), grad)))
-    for got, want in zip(*results):
+        results.append((out, *torch.autograd.grad(out, (q, k, v), grad.to(out.dtype))))
+    fused, pytorch, oracle = results
+    for got, want, exact in zip(fused, pytorch, oracle):
         assert torch.allclose(got, want, rtol=1e-4, atol=1e-6)
+        assert torch.allclose(got.double(), exact, rtol=1e-4, atol=1e-6)
 
 
 def autograd_node_names(loss: torch.Tensor) -> list[str]:
@@ -145,8 +155,8 @@ def autograd_node_names(loss: torch.Tensor) -> list[str]:
 
 @pytest.mark.parametrize("variant,order", [("lit", "raster"), ("d", "snake"), ("s", "snake")])
 def test_vision_model_through_the_kernels_matches_the_pytorch_path(variant, order, monkeypatch):
-    """Feature maps, attention and the decays' gradients all through kernels, in one autograd node per layer without
-    copies, against the forced PyTorch path."""
+    """Feature maps, attention and the decays' gradients all through the attention kernels, in one autograd node
+    per layer without copies, against the forced PyTorch path."""
     calls = []
     for module, name in ((lion_triton, "parallel_attention"), (lion_triton_features, "map_pair")):
         original = getattr(module, name)
@@ -170,8 +180,9 @@ def test_vision_model_through_the_kernels_matches_the_pytorch_path(variant, orde
             assert not [n for n in names if n.startswith(("Clone", "Mul", "_FeatureMap", "Elu", "Silu", "Div"))]
         loss.backward()
         results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
-    # Two layers through the kernels with "auto" (the map again in each backward), none with "pytorch".
-    assert calls == ["parallel_attention", "map_pair"] * 2 + ["map_pair"] * 2
+    # Two layers through the kernels with "auto", none with "pytorch"; the attention kernels map the features
+    # themselves (forward and backward), so the map's own kernels never run.
+    assert calls == ["parallel_attention"] * 2
     (loss, grads), (want_loss, want_grads) = results
     assert torch.allclose(loss, want_loss, rtol=1e-5)
     assert grads.keys() == want_grads.keys()
