@@ -96,7 +96,7 @@ BACKEND_ENVIRONMENT_VARIABLE = "LION_HF_ATTENTION_BACKEND"
 _FOLD_MIN_LOG_DECAY = -60.0
 # exp underflows to 0 below about -745 even in float64: a log-decay under this bound is the same decay (0) in every
 # dtype, and bounding it keeps the running sums of log-decays free of cancellation (-1e30 next to -1 loses the -1).
-_MIN_LOG_DECAY = -1000.0
+MIN_LOG_DECAY = -1000.0
 # From this many tokens on, a call of the parallel form without score dropout runs the fused chunk kernels (the
 # same function) where they can: they are faster from between 2048 and 4096 tokens (H200, bf16, B 4, H 12, D 64,
 # forward + backward: benchmarks/NOTES.md) and their memory is linear in the length.
@@ -207,12 +207,10 @@ def lion_attention(
     check_choice("feature_map", feature_map, FEATURE_MAP_FUNCTIONS)
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}.")
-    log_decays, key_padding_mask = _checked_inputs(q, k, v, log_decays, orders, key_padding_mask, check_values)
+    _check_shapes(q, k, v, log_decays, orders, key_padding_mask)
+    key_padding_mask = _boolean_mask(key_padding_mask, check_values)
     dtype = _compute_dtype(q)
     q, k, v = (t.to(dtype) for t in (q, k, v))
-    if q.shape[0] == 0 or q.shape[2] == 0:
-        # No sample or no token: the empty product (every implementation may assume at least one of each).
-        return q @ k.transpose(-1, -2) @ v
     if orders is None and log_decays is not None:
         orders = [None] * len(log_decays)
     options = dict(
@@ -222,7 +220,13 @@ def lion_attention(
         key_padding_mask=key_padding_mask,
         dropout_p=dropout_p if training and form == "parallel" else 0.0,
     )
-    implementation = select_implementation(form, backend, q, k, v, log_decays, orders, **options)
+    empty = q.shape[0] == 0 or q.shape[2] == 0
+    implementation = None if empty else select_implementation(form, backend, q, k, v, log_decays, orders, **options)
+    if log_decays is not None and (check_values or empty or not implementation.bounds_decays):
+        log_decays = _checked_log_decays(log_decays, orders, key_padding_mask, check_values)
+    if empty:
+        # No sample or no token: the empty product (every implementation may assume at least one of each).
+        return q @ k.transpose(-1, -2) @ v
     if implementation.maps_features:
         return implementation.run(q, k, v, log_decays, orders, feature_map=feature_map, scale=scale, **options)
     q, k = feature_maps(feature_map, q, k, scale, backend)
@@ -310,7 +314,9 @@ class AttentionImplementation:
     ``dropout_p`` that is already 0 outside training.
     ``unsupported`` takes the same arguments and returns why it cannot run them, or ``None`` when it can.
     With ``maps_features``, ``run`` gets ``q``, ``k`` and ``v`` as given (any strides), ``q`` and ``k`` before the
-    feature map, and the keyword arguments ``feature_map`` and ``scale`` too.
+    feature map, and the keyword arguments ``feature_map`` and ``scale`` too. With ``bounds_decays``, it gets the
+    log-decays unbounded when the caller passed ``check_values=False`` (a valid ``key_padding_mask`` is then its
+    own span) and bounds them itself, as ``bounded_log_decays`` does, gradients included.
     """
 
     backend: str
@@ -318,6 +324,7 @@ class AttentionImplementation:
     run: Callable[..., torch.Tensor]
     unsupported: Callable[..., str | None]
     maps_features: bool = False
+    bounds_decays: bool = False
 
 
 def select_implementation(form: str, backend: str, *args, **options) -> AttentionImplementation:
@@ -349,25 +356,35 @@ def _runs_anywhere(*args, **options) -> None:
 def _checked_inputs(q, k, v, log_decays, orders, key_padding_mask, check_values):
     """The checked ``log_decays`` (bounded, see "Padding") and ``key_padding_mask`` (boolean) for the forms."""
     _check_shapes(q, k, v, log_decays, orders, key_padding_mask)
-    if key_padding_mask is not None:
-        if check_values and key_padding_mask.dtype != torch.bool:
-            _check_binary(key_padding_mask)
-        # Contiguous: the kernels index the mask as a plain (B, N) array (a no-op for the usual mask).
-        key_padding_mask = key_padding_mask.bool().contiguous()
+    key_padding_mask = _boolean_mask(key_padding_mask, check_values)
     if log_decays is None:
         return None, key_padding_mask
+    return _checked_log_decays(log_decays, orders, key_padding_mask, check_values), key_padding_mask
+
+
+def _boolean_mask(key_padding_mask, check_values):
+    if key_padding_mask is None:
+        return None
+    if check_values and key_padding_mask.dtype != torch.bool:
+        _check_binary(key_padding_mask)
+    # Contiguous: the kernels index the mask as a plain (B, N) array (a no-op for the usual mask).
+    return key_padding_mask.bool().contiguous()
+
+
+def _checked_log_decays(log_decays, orders, key_padding_mask, check_values) -> list[torch.Tensor]:
+    """``log_decays`` bounded (see "Padding") and, with ``check_values``, checked, as are the ``orders``."""
     # A valid mask marks one run per row, which is then its own span: no need to find the span on every call.
     spanned = key_padding_mask
     if check_values and key_padding_mask is not None:
         spanned = _spanned_by_real_tokens(key_padding_mask)
-    log_decays = _bounded_log_decays(log_decays, spanned)
+    log_decays = bounded_log_decays(log_decays, spanned)
     if check_values:
         for index, log_decay in enumerate(log_decays):
             _check_log_decay(index, log_decay)
         for index, order in enumerate(orders or ()):
             if order is not None:
                 _check_permutation(index, order)
-    return log_decays, key_padding_mask
+    return log_decays
 
 
 def _check_shapes(q, k, v, log_decays, orders, key_padding_mask):
@@ -458,21 +475,36 @@ def _check_permutation(index: int, order: torch.Tensor) -> None:
         _CHECKED_ORDERS[order] = order._version
 
 
-def _bounded_log_decays(log_decays, spanned) -> list[torch.Tensor]:
-    """Log-decays at or above ``_MIN_LOG_DECAY``, and 0 where non-finite outside ``spanned`` ``(B, N)``: the tokens
+def bounded_log_decays(log_decays, spanned) -> list[torch.Tensor]:
+    """Log-decays at or above ``MIN_LOG_DECAY``, and 0 where non-finite outside ``spanned`` ``(B, N)``: the tokens
     from each row's first real token to its last (``None``: no padding)."""
     spanned = None if spanned is None else spanned[:, None, :]
     bounded = []
     for log_decay in log_decays:
         if is_constant_along_length(log_decay):
             # Still stride 0 along the tokens, so that it keeps the closed form.
-            bounded.append(log_decay[..., :1].clamp(min=_MIN_LOG_DECAY).expand(log_decay.shape))
+            bounded.append(log_decay[..., :1].clamp(min=MIN_LOG_DECAY).expand(log_decay.shape))
             continue
-        log_decay = log_decay.clamp(min=_MIN_LOG_DECAY)
+        log_decay = log_decay.clamp(min=MIN_LOG_DECAY)
         if spanned is not None:
             log_decay = torch.where(spanned | log_decay.isfinite(), log_decay, 0.0)
         bounded.append(log_decay)
     return bounded
+
+
+def bounds_passing(log_decays, spanned) -> list[torch.Tensor]:
+    """Where ``bounded_log_decays(log_decays, spanned)`` leaves each log-decay as it is, i.e. where its gradient
+    passes: ``(B or 1, H, 1)`` for one constant along the tokens, else ``(B or 1, H, N)``."""
+    passing = []
+    for log_decay in log_decays:
+        if is_constant_along_length(log_decay):
+            passing.append(log_decay[..., :1] >= MIN_LOG_DECAY)
+            continue
+        passed = log_decay >= MIN_LOG_DECAY
+        if spanned is not None:
+            passed = passed & (spanned[:, None, :] | log_decay.isfinite())
+        passing.append(passed)
+    return passing
 
 
 def _spanned_by_real_tokens(key_padding_mask: torch.Tensor) -> torch.Tensor:
@@ -942,7 +974,9 @@ def _long_parallel_unsupported(q, *args, **options) -> str | None:
 # Tried in this order by the "auto" backend; fused kernels go before the PyTorch forms they replace.
 IMPLEMENTATIONS: tuple[AttentionImplementation, ...] = (
     AttentionImplementation("triton", "parallel", _triton_chunk("chunk"), _long_parallel_unsupported),
-    AttentionImplementation("triton", "parallel", _triton_parallel, _triton_parallel_unsupported, maps_features=True),
+    AttentionImplementation(
+        "triton", "parallel", _triton_parallel, _triton_parallel_unsupported, maps_features=True, bounds_decays=True
+    ),
     AttentionImplementation("pytorch", "parallel", _pytorch_form(_parallel_form), _runs_anywhere),
     AttentionImplementation("triton", "chunk", _triton_chunk("chunk"), _triton_chunk("unsupported")),
     AttentionImplementation("pytorch", "chunk", _pytorch_form(_chunk_form), _runs_anywhere),

@@ -27,17 +27,30 @@ float16 inputs use float32 accumulation and float32 running sums, as the PyTorch
 row sum of the dropped-out scores, as the PyTorch path's column of ones next to the values gives.
 
 The forward and backward are registered as ``torch.library`` operators, which ``torch.compile`` keeps in its graph;
-eager calls take an ``autograd.Function`` around the same launches and the feature map's (less host time). The
-queries and keys are read contiguous, the values with any strides; outputs are written as (B, N, H, Dv). Triton is
-optional: this module raises ``ImportError`` without it and ``lion_attention`` falls back to PyTorch. Under ``TRITON_INTERPRET=1`` (set before this module is imported) the kernels run on CPU tensors through
-Triton's interpreter, which is how the tests exercise them without a GPU.
+eager calls take an ``autograd.Function`` around the same launches (less host time). The queries and keys are read
+with any strides (the same for both), so that views of a fused projection's output need no copy; the scale
+multiplies the score tiles (not the queries); the backward kernels turn the gradients of the feature-mapped queries
+and keys into those of the raw ones (``FEATURE``) before storing them, so the map's own backward needs no launch.
+(Mapping the streamed tiles inside the loops instead took more GPU time than the map's own launch: the loaded
+tiles then reach the matrix units through registers; benchmarks/NOTES.md.) The values are read with any strides;
+outputs are written as (B, N, H, Dv). Triton is optional: this module raises ``ImportError`` without it and ``lion_attention``
+falls back to PyTorch. Under ``TRITON_INTERPRET=1`` (set before this module is imported) the kernels run on CPU
+tensors through Triton's interpreter, which is how the tests exercise them without a GPU.
 """
 
+import functools
 import re
 
 import torch
 
-from .lion_attention import is_constant_along_length, order_steps
+from .lion_attention import (
+    MIN_LOG_DECAY,
+    bounded_log_decays,
+    bounds_passing,
+    feature_maps,
+    is_constant_along_length,
+    order_steps,
+)
 
 try:
     import triton
@@ -54,8 +67,7 @@ MAX_BATCH_HEADS = 65535
 
 _LOG2E = tl.constexpr(1.4426950408889634)
 
-# The feature maps the kernels apply to queries and keys as they load them (lion_attention's FEATURE_MAP_FUNCTIONS),
-# by their code in the kernels' FEATURE argument.
+# The feature maps (lion_attention's FEATURE_MAP_FUNCTIONS) by their code in the kernels' FEATURE and KIND arguments.
 FEATURE_MAPS = {"identity": 0, "elu_plus_one": 1, "silu_shift_l2": 2}
 
 
@@ -68,6 +80,44 @@ def cdiv(a: int, b: int) -> int:
 def next_power_of_2(n: int) -> int:
     """The smallest power of two >= ``n`` (>= 1), in plain Python (see ``cdiv``)."""
     return 1 << max(n - 1, 0).bit_length()
+
+
+def launch(kernel, grid: tuple, *args, **meta) -> None:
+    """``kernel[grid](*args, **meta)``, through the compiled kernel itself once Triton has compiled ``kernel`` for
+    arguments like these (``args``: every argument that is not a ``tl.constexpr``, in order; ``meta``: the
+    constexprs by name and the launch options).
+
+    ``JITFunction``'s launch path (binding, specialisation, cache lookup, option handling) took 50 us of host time
+    per launch on an H200 machine (Triton 3.6), the compiled kernel's own ~8 us (benchmarks/NOTES.md); an eager
+    training step makes dozens of launches. The cache key holds what Triton specialises a compiled kernel on: each
+    tensor's dtype and 16-byte alignment, each integer's divisibility by 16, being 1 and fitting 32 bits, the
+    constexprs and options, the device. The interpreter (and anything not a ``JITFunction``) launches as usual."""
+    if not isinstance(kernel, triton.runtime.JITFunction):
+        kernel[grid](*args, **meta)
+        return
+    key = (kernel, torch.cuda.current_device(), *meta.items(), *map(_specialisation, args))
+    entry = _COMPILED.get(key)
+    if entry is None:
+        compiled = kernel[grid](*args, **meta)
+        # The compiled kernel's launcher takes the constexprs too, in signature order, after the others.
+        _COMPILED[key] = compiled, [meta[name] for name in kernel.arg_names[len(args):]]
+        return
+    compiled, constexprs = entry
+    # The compiled kernel's runner reads three grid dims (JITFunction pads them itself).
+    compiled[(*grid, 1, 1)[:3]](*args, *constexprs, stream=torch.cuda.current_stream().cuda_stream)
+
+
+_COMPILED: dict = {}
+
+
+def _specialisation(value) -> object:
+    if isinstance(value, torch.Tensor):
+        return value.dtype, value.data_ptr() % 16 == 0
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value % 16 == 0, value == 1, -(2**31) <= value < 2**31
+    return type(value)
 
 
 def is_interpreted() -> bool:
@@ -188,16 +238,18 @@ def _keep(seed, bh, qi, kj, N, threshold):
 
 
 @triton.jit
-def _program(H, N, D, sqb, sqh, svb, svh, sob, soh, BLOCK: tl.constexpr):
+def _program(H, N, D, sqb, sqh, srb, srh, svb, svh, sob, soh, BLOCK: tl.constexpr):
     """This program's batch x head index, batch, head, block of tokens (grid axis 0), and where its head starts
-    in the queries and keys (batch and head strides ``sqb``, ``sqh``, shared by both), in their gradients
-    (contiguous (B, H, N, D)), in the values (``svb``, ``svh``) and in the outputs and their gradients (``sob``,
-    ``soh``)."""
+    in the queries and keys that are multiplied (batch and head strides ``sqb``, ``sqh``, shared by both), in the
+    raw ones (``srb``, ``srh``), in their gradients (contiguous (B, H, N, D)), in the values (``svb``, ``svh``)
+    and in the outputs and their gradients (``sob``, ``soh``)."""
     bh = tl.program_id(1)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    return bh, bh // H, bh % H, offs, b * sqb + h * sqh, bh.to(tl.int64) * N * D, b * svb + h * svh, b * sob + h * soh
+    qk_base = b * sqb + h * sqh
+    raw_base = b * srb + h * srh
+    return bh, bh // H, bh % H, offs, qk_base, raw_base, bh.to(tl.int64) * N * D, b * svb + h * svh, b * sob + h * soh
 
 
 @triton.jit
@@ -221,26 +273,15 @@ def _store_rows(PTR, base, rows, rows_ok, width, cols, stride, value):
 
 
 @triton.jit
-def _mapped_rows(PTR, base, rows, rows_ok, width, cols, stride, factor, FEATURE: tl.constexpr, SCALED: tl.constexpr):
-    """``_rows`` through the feature map, times ``factor`` when ``SCALED``, in the input's dtype (rounded once, as
-    the products take it)."""
-    x = _rows(PTR, base, rows, rows_ok, width, cols, stride)
-    if FEATURE == 0 and not SCALED:
-        return x
-    ok = rows_ok[:, None] & (cols[None, :] < width)
-    y = _feature_map(x.to(tl.float32), ok, rows_ok, FEATURE)
-    if SCALED:
-        y = y * factor
-    return y.to(x.dtype)
-
-
-@triton.jit
-def _raw_gradient(GRAD, PTR, base, grad_base, rows, rows_ok, width, cols, stride, dy, FEATURE: tl.constexpr):
-    """Stores the gradient of raw rows ``rows`` (read again from ``PTR``) given ``dy``, that of their map, into the
-    contiguous ``GRAD``."""
-    x = _rows(PTR, base, rows, rows_ok, width, cols, stride).to(tl.float32)
-    ok = rows_ok[:, None] & (cols[None, :] < width)
-    dx = _feature_map_gradient(x, dy, ok, rows_ok, FEATURE)
+def _raw_gradient(GRAD, RAW, raw_base, grad_base, rows, rows_ok, width, cols, stride, dy, FEATURE: tl.constexpr):
+    """Stores the gradient of the raw rows ``rows`` (at ``RAW + raw_base``, row stride ``stride``) given ``dy``,
+    that of their feature map (float32), into the contiguous ``GRAD``."""
+    if FEATURE == 0:
+        dx = dy
+    else:
+        x = _rows(RAW, raw_base, rows, rows_ok, width, cols, stride).to(tl.float32)
+        ok = rows_ok[:, None] & (cols[None, :] < width)
+        dx = _feature_map_gradient(x, dy, ok, rows_ok, FEATURE)
     _store_rows(GRAD, grad_base, rows, rows_ok, width, cols, width, dx)
 
 
@@ -259,15 +300,17 @@ def _forward_kernel(
     Q, K, V, OUT, Z, PAD, POS, DECAY, U, W, U_LO, W_LO, SEED,
     H, N, D, DV, sqb, sqh, sqn, svb, svh, svn, sob, soh, son, path_stride, batch_stride, eps, scale,
     drop_threshold, drop_scale,
-    FEATURE: tl.constexpr, NUM_PATHS: tl.constexpr, DISTANCE: tl.constexpr, HAS_LO: tl.constexpr, HAS_PAD: tl.constexpr,
+    NUM_PATHS: tl.constexpr, DISTANCE: tl.constexpr, HAS_LO: tl.constexpr, HAS_PAD: tl.constexpr,
     DROPOUT: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
-    bh, b, h, offs_m, qk_base, grad_base, v_base, o_base = _program(H, N, D, sqb, sqh, svb, svh, sob, soh, BLOCK_M)
+    bh, b, h, offs_m, qk_base, raw_base, grad_base, v_base, o_base = _program(
+        H, N, D, sqb, sqh, 0, 0, svb, svh, sob, soh, BLOCK_M
+    )
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     rows_ok = offs_m < N
-    q = _mapped_rows(Q, qk_base, offs_m, rows_ok, D, offs_d, sqn, scale, FEATURE, True)
+    q = _rows(Q, qk_base, offs_m, rows_ok, D, offs_d, sqn)
     acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
     z = tl.zeros((BLOCK_M,), dtype=tl.float32)
     seed = 0
@@ -276,9 +319,9 @@ def _forward_kernel(
     for start_n in range(0, N, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         keys_ok = _real_keys(PAD, b, offs_n, N, HAS_PAD)
-        k = _mapped_rows(K, qk_base, offs_n, keys_ok, D, offs_d, sqn, 1.0, FEATURE, False)
+        k = _rows(K, qk_base, offs_n, keys_ok, D, offs_d, sqn)
         v = _rows(V, v_base, offs_n, keys_ok, DV, offs_dv, svn)
-        a = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        a = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
         if NUM_PATHS > 0:
             mask, _, _, _, _ = _decay_mask(
                 b, h, offs_m[:, None], offs_n[None, :], N, POS, DECAY, U, W, U_LO, W_LO, path_stride, batch_stride,
@@ -299,8 +342,8 @@ def _forward_kernel(
 
 @triton.jit
 def _backward_q_kernel(
-    Q, K, V, OUT, Z, DY, INV, DELTA, DQ, GRAD_U, GRAD_W, PAD, POS, DECAY, U, W, U_LO, W_LO, SEED,
-    H, N, D, DV, sqb, sqh, sqn, svb, svh, svn, sob, soh, son, path_stride, batch_stride, eps, scale,
+    Q, K, QR, V, OUT, Z, DY, INV, DELTA, DQ, GRAD_U, GRAD_W, PAD, POS, DECAY, U, W, U_LO, W_LO, SEED,
+    H, N, D, DV, sqb, sqh, sqn, srb, srh, srn, svb, svh, svn, sob, soh, son, path_stride, batch_stride, eps, scale,
     drop_threshold, drop_scale,
     FEATURE: tl.constexpr, NUM_PATHS: tl.constexpr, DISTANCE: tl.constexpr, HAS_LO: tl.constexpr, HAS_PAD: tl.constexpr,
     DROPOUT: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
@@ -312,11 +355,13 @@ def _backward_q_kernel(
     ``dP_ij = dN_i . v_j + dZ_i``; ``1 / (Z + eps)`` and ``dZ`` are left in ``INV`` and ``DELTA`` for the key
     kernel. LION-S: ``GRAD_U``/``GRAD_W`` receive the row sums of ``G`` over the keys each query comes after /
     before; LION-D: ``GRAD_U`` receives ``sum_j |pos_i - pos_j| G_ij``, its final gradient."""
-    bh, b, h, offs_m, qk_base, grad_base, v_base, o_base = _program(H, N, D, sqb, sqh, svb, svh, sob, soh, BLOCK_M)
+    bh, b, h, offs_m, qk_base, raw_base, grad_base, v_base, o_base = _program(
+        H, N, D, sqb, sqh, srb, srh, svb, svh, sob, soh, BLOCK_M
+    )
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     rows_ok = offs_m < N
-    q = _mapped_rows(Q, qk_base, offs_m, rows_ok, D, offs_d, sqn, scale, FEATURE, True)
+    q = _rows(Q, qk_base, offs_m, rows_ok, D, offs_d, sqn)
     dy = _rows(DY, o_base, offs_m, rows_ok, DV, offs_dv, son)
     if NORMALIZE:
         inv = 1.0 / (tl.load(Z + bh * N + offs_m, mask=rows_ok, other=0.0) + eps)
@@ -336,9 +381,9 @@ def _backward_q_kernel(
     for start_n in range(0, N, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         keys_ok = _real_keys(PAD, b, offs_n, N, HAS_PAD)
-        k = _mapped_rows(K, qk_base, offs_n, keys_ok, D, offs_d, sqn, 1.0, FEATURE, False)
+        k = _rows(K, qk_base, offs_n, keys_ok, D, offs_d, sqn)
         v = _rows(V, v_base, offs_n, keys_ok, DV, offs_dv, svn)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
         dp = tl.dot(dy, tl.trans(v), input_precision=PRECISION)
         if NORMALIZE:
             dp += delta[:, None]
@@ -368,7 +413,7 @@ def _backward_q_kernel(
                     after1 += tl.sum(tl.where(delta1 > 0, g1, 0.0), 1)
                     before1 += tl.sum(tl.where(delta1 < 0, g1, 0.0), 1)
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PRECISION)
-    _raw_gradient(DQ, Q, qk_base, grad_base, offs_m, rows_ok, D, offs_d, sqn, dq * scale, FEATURE)
+    _raw_gradient(DQ, QR, raw_base, grad_base, offs_m, rows_ok, D, offs_d, srn, dq * scale, FEATURE)
     if NUM_PATHS > 0:
         path_size = tl.num_programs(1) * N
         tl.store(GRAD_U + bh * N + offs_m, after0, mask=rows_ok)
@@ -382,8 +427,8 @@ def _backward_q_kernel(
 
 @triton.jit
 def _backward_kv_kernel(
-    Q, K, V, DY, INV, DELTA, DK, DVAL, GRAD_U, GRAD_W, PAD, POS, DECAY, U, W, U_LO, W_LO, SEED,
-    H, N, D, DV, sqb, sqh, sqn, svb, svh, svn, sob, soh, son, path_stride, batch_stride, scale, drop_threshold,
+    Q, K, KR, V, DY, INV, DELTA, DK, DVAL, GRAD_U, GRAD_W, PAD, POS, DECAY, U, W, U_LO, W_LO, SEED,
+    H, N, D, DV, sqb, sqh, sqn, srb, srh, srn, svb, svh, svn, sob, soh, son, path_stride, batch_stride, scale, drop_threshold,
     drop_scale,
     FEATURE: tl.constexpr, NUM_PATHS: tl.constexpr, DISTANCE: tl.constexpr, HAS_LO: tl.constexpr, HAS_PAD: tl.constexpr,
     DROPOUT: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
@@ -393,12 +438,14 @@ def _backward_kv_kernel(
     (the query kernel's row sums, in ``GRAD_U``/``GRAD_W``, combined with this kernel's column sums in place).
 
     Tiles are (keys, queries), the transpose of the forward's, so that ``dk`` and ``dv`` are plain products."""
-    bh, b, h, offs_n, qk_base, grad_base, v_base, o_base = _program(H, N, D, sqb, sqh, svb, svh, sob, soh, BLOCK_N)
+    bh, b, h, offs_n, qk_base, raw_base, grad_base, v_base, o_base = _program(
+        H, N, D, sqb, sqh, srb, srh, svb, svh, sob, soh, BLOCK_N
+    )
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     in_range = offs_n < N
     keys_ok = _real_keys(PAD, b, offs_n, N, HAS_PAD)
-    k = _mapped_rows(K, qk_base, offs_n, keys_ok, D, offs_d, sqn, 1.0, FEATURE, False)
+    k = _rows(K, qk_base, offs_n, keys_ok, D, offs_d, sqn)
     v = _rows(V, v_base, offs_n, keys_ok, DV, offs_dv, svn)
     dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_DV), dtype=tl.float32)
@@ -412,12 +459,12 @@ def _backward_kv_kernel(
     for start_m in range(0, N, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         rows_ok = offs_m < N
-        q = _mapped_rows(Q, qk_base, offs_m, rows_ok, D, offs_d, sqn, scale, FEATURE, True)
+        q = _rows(Q, qk_base, offs_m, rows_ok, D, offs_d, sqn)
         dy = _rows(DY, o_base, offs_m, rows_ok, DV, offs_dv, son)
         if NORMALIZE:
             inv = tl.load(INV + bh * N + offs_m, mask=rows_ok, other=0.0)
             dy = (dy.to(tl.float32) * inv[:, None]).to(q.dtype)
-        s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION)
+        s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION) * scale
         dp_t = tl.dot(v, tl.trans(dy), input_precision=PRECISION)
         if NORMALIZE:
             dp_t += tl.load(DELTA + bh * N + offs_m, mask=rows_ok, other=0.0)[None, :]
@@ -448,8 +495,9 @@ def _backward_kv_kernel(
                 g1 = g_t * m1
                 after1 += tl.sum(tl.where(delta1 > 0, g1, 0.0), 1)
                 before1 += tl.sum(tl.where(delta1 < 0, g1, 0.0), 1)
-    _raw_gradient(DK, K, qk_base, grad_base, offs_n, in_range, D, offs_d, sqn, dk, FEATURE)
+    # dv first: its registers are free again for the feature map's gradient.
     _store_rows(DVAL, o_base, offs_n, in_range, DV, offs_dv, son, dv)
+    _raw_gradient(DK, KR, raw_base, grad_base, offs_n, in_range, D, offs_d, srn, dk * scale, FEATURE)
     if NUM_PATHS > 0 and not DISTANCE:
         _finish_segment_gradient(GRAD_U, GRAD_W, bh * N + offs_n, in_range, after0, before0)
         if NUM_PATHS == 2:
@@ -540,42 +588,46 @@ def _strides(q: torch.Tensor, v: torch.Tensor, out: torch.Tensor) -> tuple[int, 
     return (*q.stride()[:3], *v.stride()[:3], *out.stride()[:3])
 
 
-def _readable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``q``, ``k`` and ``v`` as the kernels read them: the queries and keys with the same strides, every last dim
-    contiguous (views of a fused projection's output already are)."""
+def _readable(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``q`` and ``k`` as the kernels read them: the same strides, the last dim contiguous (views of a fused
+    projection's output already are)."""
     if q.stride() != k.stride() or q.stride(-1) != 1:
-        q, k = q.contiguous(), k.contiguous()
-    return q, k, _last_dim_contiguous(v)
+        return q.contiguous(), k.contiguous()
+    return q, k
 
 
-def _forward(q, k, v, padding, positions, distance, u, w, u_lo, w_lo, seed, dropout_p, normalize, eps, feature, scale):
-    """``(Y, Z)``: the output and, when ``normalize``, the row sums ``(B, H, N)`` float32 (else empty). ``q`` and
-    ``k`` are raw: the kernel applies feature map ``feature`` (a code of ``FEATURE_MAPS``) and ``scale``."""
+def _forward(q, k, v, padding, positions, distance, u, w, u_lo, w_lo, seed, dropout_p, normalize, eps, scale):
+    """``(Y, Z)``: the output and, when ``normalize``, the row sums ``(B, H, N)`` float32 (else empty), for the
+    queries and keys as multiplied (feature-mapped), the scores scaled by ``scale``."""
     batch, heads, length, dim = q.shape
     value_dim = v.shape[-1]
-    q, k, v = _readable(q, k, v)
+    (q, k), v = _readable(q, k), _last_dim_contiguous(v)
     out = _output(q, v)
     z = torch.empty(batch, heads, length if normalize else 0, device=q.device, dtype=torch.float32)
     config = _blocks("forward", length, q.dtype)
     path_stride, batch_stride = _decay_strides(distance, u)
     threshold, drop_scale = _dropout_arguments(dropout_p)
-    _forward_kernel[(cdiv(length, config["BLOCK_M"]), batch * heads)](
+    launch(
+        _forward_kernel, (cdiv(length, config["BLOCK_M"]), batch * heads),
         q, k, v, out, z if normalize else q, *_pointers(q, padding, positions, distance, u, w, u_lo, w_lo, seed),
         heads, length, dim, value_dim, *_strides(q, v, out), path_stride, batch_stride, eps, scale, threshold,
-        drop_scale, FEATURE=feature, **_flags(q, v, positions, distance, u_lo, padding, dropout_p, normalize), **config,
+        drop_scale, **_flags(q, v, positions, distance, u_lo, padding, dropout_p, normalize), **config,
     )  # fmt: skip
     return out, z
 
 
 def _backward(
-    grad_out, q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed, dropout_p, normalize, eps,
-    feature, scale,
+    grad_out, q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed, dropout_p, normalize, eps, scale,
+    raw=None, feature=0,
 ):  # fmt: skip
-    """``(dq, dk, dv, d distance, d u, d w)``: the gradients of the raw queries and keys (contiguous), of the values
-    (in the layout of ``out``) and of the decay terms (empty tensors for absent ones)."""
+    """``(dq, dk, dv, d distance, d u, d w)``: the gradients of the queries and keys (contiguous), of the values (in
+    the layout of ``out``) and of the decay terms (empty tensors for absent ones). With ``raw``, the queries and
+    keys that feature map ``feature`` (a code of ``FEATURE_MAPS``) turned into ``q`` and ``k``, ``dq`` and ``dk``
+    are those of the raw ones (the kernels apply the map's gradient before storing them)."""
     batch, heads, length, dim = q.shape
     value_dim = v.shape[-1]
-    q, k, v = _readable(q, k, v)
+    (q, k), v = _readable(q, k), _last_dim_contiguous(v)
+    raw_q, raw_k = (q, k) if raw is None else _readable(*raw)
     dy = grad_out if grad_out.stride() == out.stride() else torch.empty_like(out).copy_(grad_out)
     dq, dk = q.new_empty(q.shape), k.new_empty(k.shape)
     dv = torch.empty_like(out)
@@ -590,17 +642,19 @@ def _backward(
     threshold, drop_scale = _dropout_arguments(dropout_p)
     flags = _flags(q, v, positions, distance, u_lo, padding, dropout_p, normalize)
     pointers = _pointers(q, padding, positions, distance, u, w, u_lo, w_lo, seed)
-    strides = _strides(q, v, out)
+    strides = (*q.stride()[:3], *raw_q.stride()[:3], *v.stride()[:3], *out.stride()[:3])
     config = _blocks("backward_q", length, q.dtype)
-    _backward_q_kernel[(cdiv(length, config["BLOCK_M"]), batch * heads)](
-        q, k, v, out, z, dy, inv, delta, dq, grad_u, grad_w, *pointers,
+    launch(
+        _backward_q_kernel, (cdiv(length, config["BLOCK_M"]), batch * heads),
+        q, k, raw_q, v, out, z, dy, inv, delta, dq, grad_u, grad_w, *pointers,
         heads, length, dim, value_dim, *strides, path_stride, batch_stride, eps, scale, threshold, drop_scale,
         FEATURE=feature, **flags, **config,
     )  # fmt: skip
     # After the query kernel on the same stream: it reads the normaliser terms and row sums that kernel left.
     config = _blocks("backward_kv", length, q.dtype)
-    _backward_kv_kernel[(cdiv(length, config["BLOCK_N"]), batch * heads)](
-        q, k, v, dy, inv, delta, dk, dv, grad_u, grad_w, *pointers,
+    launch(
+        _backward_kv_kernel, (cdiv(length, config["BLOCK_N"]), batch * heads),
+        q, k, raw_k, v, dy, inv, delta, dk, dv, grad_u, grad_w, *pointers,
         heads, length, dim, value_dim, *strides, path_stride, batch_stride, scale, threshold, drop_scale,
         FEATURE=feature, **flags, **config,
     )  # fmt: skip
@@ -628,10 +682,10 @@ _OP_PREFIX = op_prefix(__name__)
 
 
 # What both operators take after their own tensors: the key padding, the decay terms (see _decay_terms), the
-# dropout seed and the options (the feature map by its code in FEATURE_MAPS).
+# dropout seed and the options.
 _TERMS = (
     "Tensor? padding, Tensor? positions, Tensor? distance, Tensor? u, Tensor? w, Tensor? u_lo, Tensor? w_lo, "
-    "Tensor? seed, float dropout_p, bool normalize, float eps, int feature, float scale"
+    "Tensor? seed, float dropout_p, bool normalize, float eps, float scale"
 )
 
 
@@ -645,7 +699,7 @@ def _forward_op(q, k, v, *terms):
 @_forward_op.register_fake
 def _(q, k, v, *terms):
     batch, heads, length, _ = q.shape
-    normalize = terms[-4]
+    normalize = terms[-3]
     return _output(q, v), q.new_empty(batch, heads, length if normalize else 0, dtype=torch.float32)
 
 
@@ -669,10 +723,10 @@ def _(grad_out, q, k, v, out, z, padding, positions, distance, u, *rest):
 
 
 def _setup_context(ctx, inputs, output):
-    *tensors, dropout_p, normalize, eps, feature, scale = inputs
+    *tensors, dropout_p, normalize, eps, scale = inputs
     q, k, v, padding, positions, distance, u, w, u_lo, w_lo, seed = tensors
     ctx.save_for_backward(q, k, v, *output, padding, positions, distance, u, w, u_lo, w_lo, seed)
-    ctx.options = (dropout_p, normalize, eps, feature, scale)
+    ctx.options = (dropout_p, normalize, eps, scale)
 
 
 def _backward_of_forward_op(ctx, grad_out, grad_z):
@@ -684,56 +738,76 @@ def _backward_of_forward_op(ctx, grad_out, grad_z):
     grad_distance = grad_distance if distance is not None else None
     grad_u, grad_w = (grad_u, grad_w) if u is not None else (None, None)
     # The low parts of the running sums carry no gradient of their own (see _decay_terms).
-    return dq, dk, dv, None, None, grad_distance, grad_u, grad_w, None, None, None, None, None, None, None, None
+    return dq, dk, dv, None, None, grad_distance, grad_u, grad_w, None, None, None, None, None, None, None
 
 
 _forward_op.register_autograd(_backward_of_forward_op, setup_context=_setup_context)
 
 
 class _EagerAttention(torch.autograd.Function):
-    """The same forward and backward as the operators, for eager mode, with the decay terms inside: one autograd
-    node for the layer's whole token mixing. The kernels read the raw queries and keys in place (a view of the
-    fused projection's output needs no copy) and apply the feature map and the scale as they load them, in the
-    backward too, so nothing mapped is kept; the running sums, their float32 split and the path orders are formed
-    without autograd, and the backward turns the kernels' gradients of the sums into those of the log-decays itself
-    (reversed running sums, gathers by the inverse orders). A training step pays the host time of every autograd
-    node once per layer and again in the backward; here the feature map, the scale and the decays add none."""
+    """The same forward and backward as the operators, for eager mode, with the feature map and the decay terms
+    inside: one autograd node for the layer's whole token mixing. The queries and keys are read in place from the
+    projection's output (any strides); the scale multiplies the scores in the kernels; a feature map other than the
+    identity is applied by one fused kernel for both (``lion_triton_features``) and again in the backward instead
+    of being kept, whose kernels turn the maps' gradients into those of the raw inputs before storing them. The
+    running sums, their float32 split and the path orders are formed without autograd, and the backward turns the
+    kernels' gradients of the sums into those of the log-decays itself (reversed running sums, gathers by the
+    inverse orders). A training step pays the host time of every autograd node once per layer and again in the
+    backward; here the feature map, the scale and the decays add none."""
 
     @staticmethod
-    def forward(ctx, q, k, v, padding, seed, options, orders, *log_decays):
-        q, k, v = _readable(q, k, v)
-        terms = _decay_terms(q, log_decays or None, orders)
-        out, z = _forward(q, k, v, padding, *terms, seed, *options)
+    def forward(ctx, q, k, v, padding, seed, options, feature_map, orders, *log_decays):
+        q, k = _readable(q, k)
+        # Bounded in _decay_terms, outside autograd (see AttentionImplementation.bounds_decays): a valid mask is its
+        # own span.
+        terms = _decay_terms(q, log_decays or None, orders, padding)
+        out, z = _forward(*_mapped(q, k, feature_map), v, padding, *terms, seed, *options)
         ctx.save_for_backward(q, k, v, out, z, padding, *terms, seed)
-        ctx.options, ctx.orders = options, orders
+        ctx.options, ctx.feature_map, ctx.orders = options, feature_map, orders
         ctx.decays = [(log_decay.shape, log_decay.dtype) for log_decay in log_decays]
+        ctx.passing = bounds_passing(log_decays, padding) if any(ctx.needs_input_grad[8:]) else None
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed = ctx.saved_tensors
         dq, dk, dv, grad_distance, grad_u, grad_w = _backward(
-            grad_out, q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed, *ctx.options
-        )
-        if distance is not None:
-            grads = [_constant_gradient(g, *decay) for g, decay in zip(grad_distance, ctx.decays)]
+            grad_out, *_mapped(q, k, ctx.feature_map), v, out, z, padding, positions, distance, u, w, u_lo, w_lo,
+            seed, *ctx.options, raw=(q, k), feature=FEATURE_MAPS[ctx.feature_map],
+        )  # fmt: skip
+        if ctx.passing is None:
+            grads = [None] * len(ctx.decays)
+        elif distance is not None:
+            grads = [
+                _constant_gradient(g, passing, *decay)
+                for g, passing, decay in zip(grad_distance.unbind(0), ctx.passing, ctx.decays)
+            ]
         elif u is not None:
             accumulate = torch.float64 if q.dtype == torch.float32 else torch.float32
             grads = [
-                _running_sums_gradient(gu, gw, order, *decay, accumulate)
-                for gu, gw, order, decay in zip(grad_u, grad_w, ctx.orders, ctx.decays)
+                torch.where(passing, _running_sums_gradient(gu, gw, order, *decay, accumulate), 0.0)
+                for gu, gw, order, passing, decay in zip(
+                    grad_u.unbind(0), grad_w.unbind(0), ctx.orders, ctx.passing, ctx.decays
+                )
             ]
         else:
             grads = []
-        return dq, dk, dv, None, None, None, None, *grads
+        return dq, dk, dv, None, None, None, None, None, *grads
 
 
-def _constant_gradient(grad: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+def _mapped(q: torch.Tensor, k: torch.Tensor, feature_map: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(map(q), map(k))`` without autograd: the inputs themselves for the identity, else one fused launch."""
+    if feature_map == "identity":
+        return q, k
+    return lion_triton_features.map_pair(feature_map, q, k, 1.0).unbind(0)
+
+
+def _constant_gradient(grad: torch.Tensor, passing: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
     """The gradient ``(B or 1, H)`` of a log-decay that is constant along the tokens, as the gradient of the
     ``(B or 1, H, N)`` tensor it was passed as (stride 0 along the tokens): all of it on the first token, since
-    the expansion's backward sums over the tokens."""
+    the expansion's backward sums over the tokens; none where the bounds moved it (``passing`` false)."""
     full = grad.new_zeros(shape, dtype=dtype)
-    full[..., 0] = grad.sum_to_size(shape[:-1])
+    full[..., :1] = torch.where(passing, grad.sum_to_size(shape[:-1]).unsqueeze(-1), 0.0)
     return full
 
 
@@ -790,34 +864,36 @@ def parallel_attention(
         # Drawn from torch's generator: torch.manual_seed reproduces the dropout, and recomputation under
         # activation checkpointing (which restores the generator) draws the same mask.
         seed = torch.randint(0, 2**62, (1,), device=q.device, dtype=torch.int64)
-    options = (dropout_p, normalize, eps, FEATURE_MAPS[feature_map], scale)
+    options = (dropout_p, normalize, eps, scale)
     if torch.compiler.is_compiling():
-        terms = _decay_terms(q, log_decays, orders)
+        # The PyTorch feature map (as feature_maps takes under compile), which inductor fuses with its neighbours.
+        q, k = feature_maps(feature_map, q, k)
+        terms = _decay_terms(q, log_decays, orders, key_padding_mask)
         return _forward_op(q, k, v, key_padding_mask, *terms, seed, *options)[0]
-    return _EagerAttention.apply(q, k, v, key_padding_mask, seed, options, orders, *(log_decays or ()))
+    return _EagerAttention.apply(
+        q, k, v, key_padding_mask, seed, options, feature_map, orders, *(log_decays or ())
+    )
 
 
-def _decay_terms(q, log_decays, orders):
+def _decay_terms(q, log_decays, orders, spanned):
     """``(positions, distance, u, w, u_lo, w_lo)`` of the paths; absent ones ``None``.
 
     ``positions``: ``(P, N)`` float32, the step at which each path visits each token. LION-D (every path constant
     along the tokens): ``distance`` ``(P, B or 1, H)``, the log-decays. Otherwise ``u``, ``w`` ``(P, B or 1, H, N)``:
     the exclusive and inclusive running sums along each path, in token order; for float32 inputs summed in float64
     and split into a float32 high part and a low part (``u_lo``, ``w_lo``, outside autograd: the gradient
-    reaches the sums through the high part).
+    reaches the sums through the high part). The log-decays are bounded here as ``bounded_log_decays`` bounds them
+    (``spanned``: see there); where autograd runs, it carries the bounds' gradient, else ``bounds_passing`` gives it.
     """
     if log_decays is None:
         return None, None, None, None, None, None
-    length = q.shape[2]
-    positions = _stack(
-        [torch.arange(length, device=q.device, dtype=torch.float32) if o is None else order_steps(o, torch.float32)
-         for o in orders],
-        torch.float32,
-    )  # fmt: skip
+    positions = _positions(orders, q.shape[2], q.device)
     batch = max(ld.shape[0] for ld in log_decays)
     if all(is_constant_along_length(ld) for ld in log_decays):
-        distance = _stack([ld[..., 0].expand(batch, -1) for ld in log_decays], torch.float32).contiguous()
+        values = [ld[..., 0] if ld.shape[0] == batch else ld[..., 0].expand(batch, -1) for ld in log_decays]
+        distance = torch.stack(values).to(torch.float32).clamp(min=MIN_LOG_DECAY)
         return positions, distance, None, None, None, None
+    log_decays = bounded_log_decays(log_decays, spanned)
     steps = [None if order is None else order_steps(order) for order in orders]
     exact = q.dtype == torch.float32
     sum_dtype = torch.float64 if exact else torch.float32
@@ -830,6 +906,25 @@ def _decay_terms(q, log_decays, orders):
     with torch.no_grad():
         u_lo, w_lo = (u - u_hi.double()).to(torch.float32), (w - w_hi.double()).to(torch.float32)
     return positions, None, u_hi, w_hi, u_lo, w_lo
+
+
+def _positions(orders, length: int, device: torch.device) -> torch.Tensor:
+    """``(P, N)`` float32: the step at which each path visits each token."""
+    if all(order is None for order in orders) and not torch.compiler.is_compiling():
+        return _natural_positions(len(orders), length, device)
+    steps = [
+        torch.arange(length, device=device, dtype=torch.float32) if o is None else order_steps(o, torch.float32)
+        for o in orders
+    ]
+    return _stack(steps, torch.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _natural_positions(paths: int, length: int, device: torch.device) -> torch.Tensor:
+    """Paths in token order, made once per length (every layer and step of a model asks for the same ones); a
+    normal tensor even under inference mode, so that a later training step may save it for its backward."""
+    with torch.inference_mode(False):
+        return torch.arange(length, device=device, dtype=torch.float32).repeat(paths, 1)
 
 
 def _stack(tensors: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
@@ -849,3 +944,6 @@ def _segment_sums(log_decay, order, step, dtype):
         return exclusive, inclusive
     return exclusive[..., step], inclusive[..., step]
 
+
+# Last, and as a module: the feature-map module imports this one's helpers, and either may load first.
+from . import lion_triton_features  # noqa: E402

@@ -52,7 +52,7 @@ try:
     import triton
     import triton.language as tl
 
-    from .lion_triton import MAX_BATCH_HEADS, along_path_gradient, cdiv, next_power_of_2, op_prefix
+    from .lion_triton import MAX_BATCH_HEADS, along_path_gradient, cdiv, launch, next_power_of_2, op_prefix
 except ImportError:  # a checkpoint must load without Triton; unsupported() then names the reason
     triton = tl = None
 
@@ -615,7 +615,8 @@ def _states_of(x, y, path, chunk, *, key_side, kpm, rs, extra, extra_mode):
     block_v = min(_block(y_dim), 32)
     grid = (cdiv(y_dim, block_v), batch * heads, 2)
     rows = min(chunk, _ROWS)
-    _states[grid](
+    launch(
+        _states, grid,
         x, y, extra if extra is not None else x, rs if rs is not None else x, path.sums, path.log_decay,
         path.order if path.order is not None else x, kpm if kpm is not None else x, states, vec,
         heads, length, path.chunks, x_dim, y_dim, path.batch_stride,
@@ -639,7 +640,8 @@ def _total_of(x, y, *, kpm, rs, extra, extra_mode):
     splits = cdiv(blocks, per_split)
     parts = x.new_empty(batch * heads, splits, x_dim, y_dim, dtype=torch.float32)
     vec = x.new_zeros(batch * heads, splits, x_dim, dtype=torch.float32)
-    _total[(columns, batch * heads, splits)](
+    launch(
+        _total, (columns, batch * heads, splits),
         x, y, extra if extra is not None else x, rs if rs is not None else x, kpm if kpm is not None else x,
         parts, vec, heads, length, x_dim, y_dim, per_split,
         BT=rows, BD=_block(x_dim), BV=block_v, HAS_KPM=kpm is not None, HAS_RS=rs is not None,
@@ -659,7 +661,8 @@ def _forward(q, k, v, log_decays, orders, kpm, chunk, normalize, eps):
     if not log_decays:
         total, vec = _total_of(k, v, kpm=kpm, rs=None, extra=None, extra_mode=1 if normalize else 0)
         grid = (cdiv(length, rows), batch * heads)
-        _output[grid](
+        launch(
+            _output, grid,
             q, k, v, q, q, q, kpm if kpm is not None else q, total, vec, out, out, mean_den, mean_den,
             heads, length, 1, dim, value_dim, 0, 1, eps,
             C=rows, HAS_DECAY=False, HAS_ORDER=False, FIRST=True, LAST=True, **common,
@@ -673,7 +676,8 @@ def _forward(q, k, v, log_decays, orders, kpm, chunk, normalize, eps):
         order = path.order
         states, vec = _states_of(k, v, path, chunk, key_side=True, kpm=kpm, rs=None, extra=None,
                                  extra_mode=1 if normalize else 0)  # fmt: skip
-        _output[(path.chunks * chunk // rows, batch * heads)](
+        launch(
+            _output, (path.chunks * chunk // rows, batch * heads),
             q, k, v, path.sums, path.log_decay, order if order is not None else q, kpm if kpm is not None else q,
             states, vec, out, acc, den, mean_den,
             heads, length, path.chunks, dim, value_dim, path.batch_stride, paths, eps,
@@ -701,7 +705,8 @@ def _backward(grad, q, k, v, out, mean_den, log_decays, orders, kpm, chunk, norm
         rs = 1.0 / (paths * (mean_den + eps))
         dd = torch.empty_like(rs)
         rows = 32
-        _row_dot[(cdiv(batch * heads * length, rows),)](
+        launch(
+            _row_dot, (cdiv(batch * heads * length, rows),),
             grad, out, rs, dd, batch * heads * length, value_dim, BR=rows, BC=_block(value_dim), num_warps=4
         )
     else:
@@ -715,7 +720,8 @@ def _backward(grad, q, k, v, out, mean_den, log_decays, orders, kpm, chunk, norm
     if not log_decays:
         total, vec = _total_of(k, v, kpm=kpm, rs=None, extra=None, extra_mode=1 if normalize else 0)
         gtotal, gvec = _total_of(q, grad, kpm=None, rs=rs, extra=dd, extra_mode=extra_mode)
-        _gradients[(cdiv(length, rows), batch * heads)](
+        launch(
+            _gradients, (cdiv(length, rows), batch * heads),
             q, k, v, grad, rs, dd, q, q, q, kpm if kpm is not None else q, total, vec, gtotal, gvec,
             dq, dk, dv, dq, dk, dv, q, q, heads, length, 1, dim, value_dim, 0,
             C=rows, HAS_DECAY=False, HAS_ORDER=False, FIRST=True, LAST=True, **common,
@@ -735,7 +741,8 @@ def _backward(grad, q, k, v, out, mean_den, log_decays, orders, kpm, chunk, norm
                                    extra_mode=extra_mode)  # fmt: skip
         d_exclusive = torch.empty(batch, heads, path.chunks * chunk, dtype=torch.float32, device=q.device)
         d_inclusive = torch.empty_like(d_exclusive)
-        _gradients[(path.chunks * chunk // rows, batch * heads)](
+        launch(
+            _gradients, (path.chunks * chunk // rows, batch * heads),
             q, k, v, grad, rs, dd, path.sums, path.log_decay, order if order is not None else q,
             kpm if kpm is not None else q, states, vec, gstates, gvec,
             dq, dk, dv, *accumulators, d_exclusive, d_inclusive,
@@ -760,7 +767,8 @@ def _recurrent_forward(q, k, v, log_decays, orders, kpm, chunk, normalize, eps):
     for index, (log_decay, order) in enumerate(zip(log_decays, orders)):
         path = _Path(log_decay, order, chunk)
         order = path.order
-        _recurrent[(columns, batch * heads)](
+        launch(
+            _recurrent, (columns, batch * heads),
             q, k, v, path.sums, path.log_decay, order if order is not None else q, kpm if kpm is not None else q,
             out, acc, den, heads, length, path.chunks, dim, value_dim, path.batch_stride, paths, eps,
             C=chunk, BT=rows, BD=_block(dim), BV=block_v, HAS_ORDER=order is not None, HAS_KPM=kpm is not None,

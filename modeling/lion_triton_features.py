@@ -19,11 +19,19 @@ try:
     import triton
     import triton.language as tl
 
-    from .lion_triton import FEATURE_MAPS, _feature_map, _feature_map_gradient, cdiv, is_interpreted, next_power_of_2
+    from .lion_triton import (
+        FEATURE_MAPS,
+        _feature_map,
+        _feature_map_gradient,
+        cdiv,
+        is_interpreted,
+        launch,
+        next_power_of_2,
+    )
 except ImportError as error:  # the models catch this and use the PyTorch feature maps
     raise ImportError("the fused LION kernels need Triton (pip install triton)") from error
 
-# The maps worth a kernel of their own (by their code in lion_triton, whose kernels apply every map as they load).
+# The maps that take a kernel (the identity needs none), by their code in lion_triton.
 KINDS = {name: code for name, code in FEATURE_MAPS.items() if name != "identity"}
 MAX_DIM = 256
 # Elements per program: rows x head dim, at most this many.
@@ -83,8 +91,8 @@ def _launch(kernel, kind: str, q: torch.Tensor, k: torch.Tensor, scale: float, *
     rows = batch * heads * length
     block_d = max(16, next_power_of_2(dim))
     block_r = max(1, _TILE // block_d) if not is_interpreted() else 16
-    kernel[(cdiv(rows, block_r), 2)](
-        q, k, *tensors, rows, dim, *q.stride()[:3], heads, length, scale,
+    launch(
+        kernel, (cdiv(rows, block_r), 2), q, k, *tensors, rows, dim, *q.stride()[:3], heads, length, scale,
         KIND=KINDS[kind], BLOCK_R=block_r, BLOCK_D=block_d,
     )  # fmt: skip
 

@@ -93,7 +93,7 @@ class LionMixer(nn.Module):
             return None
         if self.config.variant == "d":
             log_a = F.logsigmoid(self.decay_logits.float())
-            return [log_a[p].view(1, self.num_heads, 1).expand(1, self.num_heads, length) for p in range(len(log_a))]
+            return list(log_a.view(-1, 1, self.num_heads, 1).expand(-1, -1, -1, length).unbind(0))
         z = self.decay_gate(gate_input).float().view(batch, length, self.config.num_paths, self.num_heads)
         eps = self.config.selective_gate_eps
         log_a = torch.log(1 - torch.sigmoid(z) + eps) if eps > 0 else F.logsigmoid(-z)

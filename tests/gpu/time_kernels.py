@@ -120,7 +120,7 @@ def sweep() -> None:
         q, k, v, grad, decay_logit, gate = operator_inputs(length, batch=batch)
         mask = None if normalize else torch.ones(batch, length, dtype=torch.bool, device="cuda")
         decays = [F.logsigmoid(gate[0])]
-        terms = lion_triton._decay_terms(q, decays, [None])
+        terms = lion_triton._decay_terms(q, decays, [None], mask)
         args = (q, k, v, mask, *terms, None, 0.0, normalize, 1e-6, lion_triton.FEATURE_MAPS["identity"], 1.0)
         out, z = lion_triton._forward(*args)
         print(f"\nsweep {label}: (BLOCK_M, BLOCK_N, warps, stages) -> ms")

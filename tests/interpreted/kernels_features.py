@@ -3,8 +3,9 @@
 Maps (queries scaled) and gradients against float64 PyTorch and the PyTorch functions, read from strided views as
 the models pass them, on row counts that are not multiples of the interpreter's 16-row blocks and head dims that
 are not powers of two; the dispatch (fused where it can run, PyTorch for a forced PyTorch backend, mismatched
-strides and float64); the maps applied by the parallel kernels as they load (one autograd node); and a vision
-model whose eager forward and backward through every kernel match the PyTorch path. Runs in a process of its own (see
+strides and float64); the map inside the parallel kernels' autograd node (the map's gradient applied by the
+attention kernels); and a vision model whose eager forward and backward through every kernel match the PyTorch
+path. Runs in a process of its own (see
 kernels_parallel.py), started by tests/test_kernels.py.
 """
 
@@ -113,10 +114,10 @@ def test_dispatch_takes_the_kernel_only_where_it_may(monkeypatch):
 
 
 @pytest.mark.parametrize("kind", ["identity", *KINDS])
-def test_parallel_kernels_map_the_features_in_one_autograd_node(kind):
-    """Raw strided queries, keys and values into the parallel kernels, which map and scale the features as they load
-    them: one node, the output and gradients of the float64 oracle (the map applied in float64) and of the PyTorch
-    path, and the output laid out (B, N, H, D) so that merging the heads is a view."""
+def test_parallel_kernels_take_raw_features_in_one_autograd_node(kind):
+    """Raw strided queries, keys and values into the parallel kernels' node (the map, the scale and the map's
+    gradient inside): the output and gradients of the float64 oracle (the map applied in float64) and of the
+    PyTorch path, and the output laid out (B, N, H, D) so that merging the heads is a view."""
     generator = torch.Generator().manual_seed(4)
     qkv = torch.randn(2, 21, 3, 2, 16, generator=generator)
     log_decays = [torch.nn.functional.logsigmoid(torch.randn(2, 2, 21, generator=generator))]
@@ -158,7 +159,8 @@ def test_vision_model_through_the_kernels_matches_the_pytorch_path(variant, orde
     """Feature maps, attention and the decays' gradients all through the attention kernels, in one autograd node
     per layer without copies, against the forced PyTorch path."""
     calls = []
-    for module, name in ((lion_triton, "parallel_attention"), (lion_triton_features, "map_pair")):
+    tracked = [(lion_triton, "parallel_attention")] + [(lion_triton_features, n) for n in ("map_pair", "map_pair_backward")]
+    for module, name in tracked:
         original = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
     config = LionConfig(
@@ -180,9 +182,9 @@ def test_vision_model_through_the_kernels_matches_the_pytorch_path(variant, orde
             assert not [n for n in names if n.startswith(("Clone", "Mul", "_FeatureMap", "Elu", "Silu", "Div"))]
         loss.backward()
         results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
-    # Two layers through the kernels with "auto", none with "pytorch"; the attention kernels map the features
-    # themselves (forward and backward), so the map's own kernels never run.
-    assert calls == ["parallel_attention"] * 2
+    # Two layers through the kernels with "auto" (the map again in each backward, whose gradient the attention
+    # kernels apply themselves), none with "pytorch".
+    assert calls == ["parallel_attention", "map_pair"] * 2 + ["map_pair"] * 2
     (loss, grads), (want_loss, want_grads) = results
     assert torch.allclose(loss, want_loss, rtol=1e-5)
     assert grads.keys() == want_grads.keys()

@@ -178,6 +178,35 @@ def test_padded_keys_holding_nan_reach_no_real_token():
     assert relative_error(out, expected) < 2e-6
 
 
+@pytest.mark.parametrize("variant", ["d", "s"])
+def test_unchecked_decays_are_bounded_inside_the_kernels_node_with_their_gradient(variant):
+    """With ``check_values=False`` the eager kernel path bounds the log-decays itself, outside autograd: decays
+    below -1000 and -inf count as -1000 and pass no gradient, a NaN outside a row's real tokens counts as 0; the
+    output and every gradient equal those of the PyTorch path, which bounds them in autograd."""
+    params, _, mask = make_inputs(variant, 1, 21, 16, 16, False, seed=6)
+    q, k, v, raw = (p.detach() for p in params)
+    if variant == "d":
+        raw = torch.tensor([[-0.7, -1500.0]])  # the second head beyond the bound
+    else:
+        raw = -F.softplus(raw[0]).clone()
+        raw[0, 0, 3], raw[0, 1, 7], raw[1, 0, 2] = -1e4, float("-inf"), -1000.0
+        raw[1, 1, ~mask[1]] = float("nan")  # the padding of the padded row
+    results = []
+    for backend in ("triton", "pytorch"):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v, raw)]
+        decay = leaves[3].view(1, 2, 1).expand(1, 2, 21) if variant == "d" else leaves[3]
+        out = lion_attention(*leaves[:3], [decay], key_padding_mask=mask, backend=backend, check_values=False)
+        results.append([out, *torch.autograd.grad(out, leaves, torch.ones_like(out))])
+    for name, got, want in zip(["out", "dq", "dk", "dv", "ddecay"], *results):
+        assert torch.isfinite(got).all() and torch.isfinite(want).all(), name
+        assert relative_error(got, want) < 2e-6, name
+    grad = results[0][4]
+    if variant == "d":
+        assert grad[0, 0] != 0 and grad[0, 1] == 0
+    else:
+        assert grad[0, 0, 3] == grad[0, 1, 7] == 0 and grad[1, 0, 2] != 0
+
+
 @pytest.mark.parametrize("form", ["parallel", "chunk"])
 def test_a_non_contiguous_padding_mask_reads_as_its_values(form):
     """A (B, N) mask that is the transpose of an (N, B) one has other strides; the kernels must see its values."""

@@ -1,0 +1,95 @@
+"""lion_triton.launch: a kernel compiled once per specialisation, later launches through the compiled kernel with
+every argument (the constexprs after the others, in signature order), and a new compilation whenever what Triton
+specialises on changes. A stand-in for Triton's JITFunction records the calls; no GPU needed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import triton
+
+from lion_hf.modeling import lion_triton
+
+
+class _Compiled:
+    def __init__(self, calls):
+        self.calls = calls
+
+    def __getitem__(self, grid):
+        # Triton's runner reads three grid dims.
+        dims = grid[0], grid[1], grid[2]
+        return lambda *args, stream=None: self.calls.append(("compiled", dims, args, stream))
+
+
+class _Kernel(triton.runtime.JITFunction):
+    """A JITFunction whose launch path records instead of compiling."""
+
+    def __init__(self):
+        def kernel(X, n, scale, BLOCK: triton.language.constexpr, FLAG: triton.language.constexpr):
+            pass
+
+        super().__init__(kernel)
+        self.calls = []
+
+    def __getitem__(self, grid):
+        def run(*args, **meta):
+            self.calls.append(("jit", grid, args, meta))
+            return _Compiled(self.calls)
+
+        return run
+
+
+@pytest.fixture
+def kernel(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: type("Stream", (), {"cuda_stream": 7})())
+    monkeypatch.setattr(lion_triton, "_COMPILED", {})
+    return _Kernel()
+
+
+def test_a_second_launch_goes_through_the_compiled_kernel_with_every_argument(kernel):
+    x = torch.zeros(64)
+    lion_triton.launch(kernel, (3, 2), x, 32, 0.5, BLOCK=16, FLAG=True, num_warps=4)
+    lion_triton.launch(kernel, (5, 2), x, 48, 0.25, BLOCK=16, FLAG=True, num_warps=4)
+    lion_triton.launch(kernel, (9,), x, 64, 1.0, BLOCK=16, FLAG=True, num_warps=4)
+    assert kernel.calls[0] == ("jit", (3, 2), (x, 32, 0.5), {"BLOCK": 16, "FLAG": True, "num_warps": 4})
+    # The launch options are not arguments of the kernel; the constexprs are, after the others.
+    assert kernel.calls[1] == ("compiled", (5, 2, 1), (x, 48, 0.25, 16, True), 7)
+    assert kernel.calls[2] == ("compiled", (9, 1, 1), (x, 64, 1.0, 16, True), 7)
+    assert len(kernel.calls) == 3
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["misaligned tensor", "other dtype", "integer not a multiple of 16", "integer 1", "integer past 32 bits",
+     "other constexpr", "other launch option"],
+)  # fmt: skip
+def test_what_triton_specialises_on_compiles_again(kernel, change):
+    x = torch.zeros(64)
+    args, meta = [x, 32, 0.5], {"BLOCK": 16, "FLAG": True, "num_warps": 4}
+    lion_triton.launch(kernel, (1,), *args, **meta)
+    if change == "misaligned tensor":
+        args[0] = x[1:]  # 4 bytes past a 16-byte boundary
+    elif change == "other dtype":
+        args[0] = x.double()
+    elif change.startswith("integer"):
+        args[1] = {"integer not a multiple of 16": 33, "integer 1": 1, "integer past 32 bits": 2**32}[change]
+    elif change == "other constexpr":
+        meta["FLAG"] = False
+    else:
+        meta["num_warps"] = 8
+    lion_triton.launch(kernel, (1,), *args, **meta)
+    assert [call[0] for call in kernel.calls] == ["jit", "jit"]
+
+
+def test_kernels_that_are_not_jit_functions_launch_as_given(monkeypatch):
+    calls = []
+
+    class Interpreted:
+        def __getitem__(self, grid):
+            return lambda *args, **meta: calls.append((grid, args, meta))
+
+    lion_triton.launch(Interpreted(), (2,), 1, 2, BLOCK=4)
+    lion_triton.launch(Interpreted(), (2,), 1, 2, BLOCK=4)
+    assert calls == [((2,), (1, 2), {"BLOCK": 4})] * 2
