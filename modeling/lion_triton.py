@@ -89,16 +89,22 @@ def launch(kernel, grid: tuple, *args, **meta) -> None:
 
     ``JITFunction``'s launch path (binding, specialisation, cache lookup, option handling) took 50 us of host time
     per launch on an H200 machine (Triton 3.6), the compiled kernel's own ~8 us (benchmarks/NOTES.md); an eager
-    training step makes dozens of launches. The cache key holds what Triton specialises a compiled kernel on: each
-    tensor's dtype and 16-byte alignment, each integer's divisibility by 16, being 1 and fitting 32 bits, the
-    constexprs and options, the device. The interpreter (and anything not a ``JITFunction``) launches as usual."""
+    training step makes dozens of launches. The cache key is finer than Triton's: each tensor's dtype and 16-byte
+    alignment (what Triton specialises a tensor on), every other argument's value, the constexprs, the options
+    and the device, so a key seen before always names the kernel Triton would pick. The interpreter (and anything
+    not a ``JITFunction``) launches as usual."""
     if not isinstance(kernel, triton.runtime.JITFunction):
         kernel[grid](*args, **meta)
         return
-    key = (kernel, torch.cuda.current_device(), *meta.items(), *map(_specialisation, args))
+    key = (
+        kernel, torch.cuda.current_device(), *meta.items(),
+        *[(a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else a for a in args],
+    )  # fmt: skip
     entry = _COMPILED.get(key)
     if entry is None:
         compiled = kernel[grid](*args, **meta)
+        if len(_COMPILED) >= _MAX_COMPILED:
+            _COMPILED.clear()  # many shapes (the key holds the lengths): start again rather than grow
         # The compiled kernel's launcher takes the constexprs too, in signature order, after the others.
         _COMPILED[key] = compiled, [meta[name] for name in kernel.arg_names[len(args):]]
         return
@@ -108,16 +114,7 @@ def launch(kernel, grid: tuple, *args, **meta) -> None:
 
 
 _COMPILED: dict = {}
-
-
-def _specialisation(value) -> object:
-    if isinstance(value, torch.Tensor):
-        return value.dtype, value.data_ptr() % 16 == 0
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return value % 16 == 0, value == 1, -(2**31) <= value < 2**31
-    return type(value)
+_MAX_COMPILED = 4096
 
 
 def is_interpreted() -> bool:

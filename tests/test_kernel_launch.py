@@ -1,6 +1,7 @@
-"""lion_triton.launch: a kernel compiled once per specialisation, later launches through the compiled kernel with
-every argument (the constexprs after the others, in signature order), and a new compilation whenever what Triton
-specialises on changes. A stand-in for Triton's JITFunction records the calls; no GPU needed."""
+"""lion_triton.launch: a kernel launched through Triton once per kind of arguments, later launches through the
+compiled kernel with every argument (the constexprs after the others, in signature order), and through Triton again
+whenever anything Triton specialises on changes. A stand-in for Triton's JITFunction records the calls; no GPU
+needed."""
 
 from __future__ import annotations
 
@@ -49,21 +50,31 @@ def kernel(monkeypatch):
 
 
 def test_a_second_launch_goes_through_the_compiled_kernel_with_every_argument(kernel):
-    x = torch.zeros(64)
+    x, y = torch.zeros(64), torch.ones(64)
     lion_triton.launch(kernel, (3, 2), x, 32, 0.5, BLOCK=16, FLAG=True, num_warps=4)
-    lion_triton.launch(kernel, (5, 2), x, 48, 0.25, BLOCK=16, FLAG=True, num_warps=4)
-    lion_triton.launch(kernel, (9,), x, 64, 1.0, BLOCK=16, FLAG=True, num_warps=4)
+    lion_triton.launch(kernel, (5, 2), y, 32, 0.5, BLOCK=16, FLAG=True, num_warps=4)
+    lion_triton.launch(kernel, (9,), x, 32, 0.5, BLOCK=16, FLAG=True, num_warps=4)
     assert kernel.calls[0] == ("jit", (3, 2), (x, 32, 0.5), {"BLOCK": 16, "FLAG": True, "num_warps": 4})
     # The launch options are not arguments of the kernel; the constexprs are, after the others.
-    assert kernel.calls[1] == ("compiled", (5, 2, 1), (x, 48, 0.25, 16, True), 7)
-    assert kernel.calls[2] == ("compiled", (9, 1, 1), (x, 64, 1.0, 16, True), 7)
+    assert kernel.calls[1] == ("compiled", (5, 2, 1), (y, 32, 0.5, 16, True), 7)
+    assert kernel.calls[2] == ("compiled", (9, 1, 1), (x, 32, 0.5, 16, True), 7)
     assert len(kernel.calls) == 3
+
+
+def test_the_cache_starts_again_rather_than_grow_without_bound(kernel, monkeypatch):
+    monkeypatch.setattr(lion_triton, "_MAX_COMPILED", 2)
+    x = torch.zeros(64)
+    for n in (32, 48, 64, 32):
+        lion_triton.launch(kernel, (1,), x, n, 0.5, BLOCK=16, FLAG=True)
+    # The third kind of arguments cleared the cache, so the first kind goes through Triton again.
+    assert [call[0] for call in kernel.calls] == ["jit"] * 4
+    assert len(lion_triton._COMPILED) == 2
 
 
 @pytest.mark.parametrize(
     "change",
     ["misaligned tensor", "other dtype", "integer not a multiple of 16", "integer 1", "integer past 32 bits",
-     "other constexpr", "other launch option"],
+     "other float", "other constexpr", "other launch option"],
 )  # fmt: skip
 def test_what_triton_specialises_on_compiles_again(kernel, change):
     x = torch.zeros(64)
@@ -75,6 +86,8 @@ def test_what_triton_specialises_on_compiles_again(kernel, change):
         args[0] = x.double()
     elif change.startswith("integer"):
         args[1] = {"integer not a multiple of 16": 33, "integer 1": 1, "integer past 32 bits": 2**32}[change]
+    elif change == "other float":
+        args[2] = 0.25
     elif change == "other constexpr":
         meta["FLAG"] = False
     else:
