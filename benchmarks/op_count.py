@@ -1,5 +1,5 @@
 """Counts what one training step asks of the host: aten operations (torch.profiler), autograd nodes, Python calls
-(cProfile) and the step's median time on the CPU, for tiny 12-layer ViTs: LION's variants and, as the reference,
+(cProfile) and the step's time on the CPU, for tiny 12-layer ViTs: LION's variants and, as the reference,
 the same ViT with timm's block (fused qkv, SDPA) in plain PyTorch.
 
 Launch-bound eager steps move with these counts rather than with FLOPs; two checkouts compare exactly, on a CPU:
@@ -10,8 +10,9 @@ Launch-bound eager steps move with these counts rather than with FLOPs; two chec
 ``--kernels`` runs the models through the kernels' host code (dispatch, autograd Functions, allocations, launch
 arguments) with every Triton launch replaced by a no-op, so the outputs are meaningless and only the counts and
 the host time mean anything; it sets ``TRITON_INTERPRET=1`` before Triton is imported, which is how the kernels
-take CPU tensors. The CPU times are noisy (take the best of several runs) and only a proxy for a GPU machine's
-host time, where every kernel launch costs more.
+take CPU tensors. The models' steps are timed in interleaved rounds and given as ratios to the first (the
+reference), which this machine's drift leaves nearly alone; they are a proxy for a GPU machine's host time, where
+every kernel launch costs more (benchmarks/NOTES.md compares the two).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import argparse
 import cProfile
 import os
 import pstats
-import statistics
 import time
 
 import torch
@@ -81,7 +81,8 @@ def training_steps():
     return steps
 
 
-def autograd_nodes(loss: torch.Tensor) -> int:
+def autograd_graph(loss: torch.Tensor) -> set:
+    """Every autograd node that ``loss``'s backward runs, once each."""
     seen, stack = set(), [loss.grad_fn]
     while stack:
         node = stack.pop()
@@ -89,11 +90,11 @@ def autograd_nodes(loss: torch.Tensor) -> int:
             continue
         seen.add(node)
         stack.extend(next_node for next_node, _ in node.next_functions)
-    return len(seen)
+    return seen
 
 
 def counts(loss_of_step) -> dict:
-    """Aten operations, autograd nodes, Python calls and the median CPU time (ms) of one training step."""
+    """Aten operations, autograd nodes and Python calls of one training step."""
 
     def step():
         loss_of_step().backward()
@@ -105,12 +106,22 @@ def counts(loss_of_step) -> dict:
     python = cProfile.Profile()
     python.runcall(step)
     calls = sum(stat[1] for stat in pstats.Stats(python).stats.values())
-    times = []
-    for _ in range(15):
-        start = time.perf_counter()
+    return dict(aten=aten, nodes=len(autograd_graph(loss_of_step())), python=calls)
+
+
+def step_times(losses_of_steps: list, rounds: int) -> list[float]:
+    """The CPU time (ms) of one training step of each model: the 20th percentile of ``rounds`` rounds that step
+    every model once in turn, so that the machine's drift reaches every model alike."""
+    steps = [lambda loss_of_step=loss_of_step: loss_of_step().backward() for loss_of_step in losses_of_steps]
+    times = [[] for _ in steps]
+    for step in steps:
         step()
-        times.append(time.perf_counter() - start)
-    return dict(aten=aten, nodes=autograd_nodes(loss_of_step()), python=calls, ms=statistics.median(times) * 1e3)
+    for _ in range(rounds):
+        for step, kept in zip(steps, times):
+            start = time.perf_counter()
+            step()
+            kept.append(time.perf_counter() - start)
+    return [sorted(kept)[len(kept) // 5] * 1e3 for kept in times]
 
 
 def _stub_kernel_launches() -> None:
@@ -130,15 +141,18 @@ def _stub_kernel_launches() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.op_count", description=__doc__.split("\n\n")[0])
     parser.add_argument("--kernels", action="store_true", help="count the fused-kernel path, launches stubbed out")
+    parser.add_argument("--rounds", type=int, default=30, help="timed rounds of every model's step (default 30)")
     args = parser.parse_args(argv)
     if args.kernels:
         os.environ["TRITON_INTERPRET"] = "1"
         _stub_kernel_launches()
     torch.set_num_threads(1)
-    for name, loss_of_step in training_steps():
+    names, losses_of_steps = zip(*training_steps())
+    times = step_times(list(losses_of_steps), args.rounds)
+    for name, loss_of_step, ms in zip(names, losses_of_steps, times):
         c = counts(loss_of_step)
         print(f"{name:26s} {c['aten']:6d} aten ops {c['nodes']:5d} autograd nodes {c['python']:6d} Python calls "
-              f"{c['ms']:7.2f} ms per step (CPU)")  # fmt: skip
+              f"{ms:7.2f} ms per step (CPU), {ms / times[0]:.2f}x the first")  # fmt: skip
     return 0
 
 

@@ -220,13 +220,14 @@ def lion_attention(
         key_padding_mask=key_padding_mask,
         dropout_p=dropout_p if training and form == "parallel" else 0.0,
     )
-    empty = q.shape[0] == 0 or q.shape[2] == 0
-    implementation = None if empty else select_implementation(form, backend, q, k, v, log_decays, orders, **options)
-    if log_decays is not None and (check_values or empty or not implementation.bounds_decays):
-        log_decays = _checked_log_decays(log_decays, orders, key_padding_mask, check_values)
-    if empty:
+    if q.shape[0] == 0 or q.shape[2] == 0:
+        if log_decays is not None and check_values:
+            _checked_log_decays(log_decays, orders, key_padding_mask, check_values)
         # No sample or no token: the empty product (every implementation may assume at least one of each).
         return q @ k.transpose(-1, -2) @ v
+    implementation = select_implementation(form, backend, q, k, v, log_decays, orders, **options)
+    if log_decays is not None and (check_values or not implementation.bounds_decays):
+        log_decays = _checked_log_decays(log_decays, orders, key_padding_mask, check_values)
     if implementation.maps_features:
         return implementation.run(q, k, v, log_decays, orders, feature_map=feature_map, scale=scale, **options)
     q, k = feature_maps(feature_map, q, k, scale, backend)
@@ -258,7 +259,7 @@ def fused_feature_maps_unsupported(name: str, q: torch.Tensor, k: torch.Tensor) 
     if reason is not None:
         return reason
     try:
-        # A literal relative import, so that saved checkpoints carry the file.
+        # A literal relative import (not importlib): saved checkpoints carry the file, and torch.compile traces it.
         from .lion_triton_features import unsupported
     except ImportError:
         return "triton is not installed"

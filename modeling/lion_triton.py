@@ -140,11 +140,10 @@ def _row_norm(s, row_ok):
 
 @triton.jit
 def _feature_map(x, ok, row_ok, FEATURE: tl.constexpr):
-    """The feature map of a float32 tile of rows (the whole head dim in each), zeros outside ``ok``."""
-    if FEATURE == 0:
-        y = tl.where(ok, x, 0.0)
-    elif FEATURE == 1:
-        y = tl.where(ok, tl.where(x > 0, x + 1.0, tl.exp(x)), 0.0)
+    """Feature map ``FEATURE`` (1: ``elu_plus_one``, 2: ``silu_shift_l2``; the identity needs no kernel) of a float32
+    tile of rows (the whole head dim in each; ``ok`` its valid entries, ``row_ok`` its valid rows)."""
+    if FEATURE == 1:
+        y = tl.where(x > 0, x + 1.0, tl.exp(x))
     else:
         s, _ = _silu_shifted(x, ok)
         y = s / _row_norm(s, row_ok)
@@ -156,9 +155,7 @@ def _feature_map_gradient(x, dy, ok, row_ok, FEATURE: tl.constexpr):
     """``dx`` from ``dy``, the gradient of ``_feature_map(x)`` (float32 tiles). ``elu + 1``: ``dx = dy`` where
     ``x > 0``, else ``dy exp(x)``. ``silu_shift_l2``, ``y = s / |s|``: ``ds = (dy - y (y . dy)) / |s|`` and
     ``dx = ds silu'(x)``, ``silu'(x) = sigmoid(x) (1 + x (1 - sigmoid(x)))``."""
-    if FEATURE == 0:
-        dx = dy
-    elif FEATURE == 1:
+    if FEATURE == 1:
         dx = tl.where(x > 0, dy, dy * tl.exp(x))
     else:
         s, sigmoid = _silu_shifted(x, ok)
@@ -579,10 +576,10 @@ def _output(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return q.new_empty(batch, length, heads, v.shape[-1]).transpose(1, 2)
 
 
-def _strides(q: torch.Tensor, v: torch.Tensor, out: torch.Tensor) -> tuple[int, ...]:
-    """Batch, head and token strides of the queries (the keys' too), of the values, then of the outputs (theirs
-    are the gradients' too)."""
-    return (*q.stride()[:3], *v.stride()[:3], *out.stride()[:3])
+def _strides(*tensors: torch.Tensor) -> tuple[int, ...]:
+    """The batch, head and token strides of each of ``tensors``, in order (a kernel's queries stand for the keys
+    too, its outputs for their gradients)."""
+    return tuple(stride for t in tensors for stride in t.stride()[:3])
 
 
 def _readable(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -639,7 +636,7 @@ def _backward(
     threshold, drop_scale = _dropout_arguments(dropout_p)
     flags = _flags(q, v, positions, distance, u_lo, padding, dropout_p, normalize)
     pointers = _pointers(q, padding, positions, distance, u, w, u_lo, w_lo, seed)
-    strides = (*q.stride()[:3], *raw_q.stride()[:3], *v.stride()[:3], *out.stride()[:3])
+    strides = _strides(q, raw_q, v, out)
     config = _blocks("backward_q", length, q.dtype)
     launch(
         _backward_q_kernel, (cdiv(length, config["BLOCK_M"]), batch * heads),

@@ -161,11 +161,20 @@ def test_profile_step_groups_kernels_and_refuses_what_it_cannot_run(capsys):
         assert message in capsys.readouterr().err
 
 
+def test_launch_cost_refuses_to_run_without_a_gpu(capsys):
+    from benchmarks import launch_cost
+
+    with pytest.raises(SystemExit) as raised:
+        launch_cost.main([])
+    assert raised.value.code == 2
+    assert "timing kernel launches needs a CUDA device" in capsys.readouterr().err
+
+
 def test_op_count_counts_each_autograd_node_once():
-    from benchmarks.op_count import autograd_nodes
+    from benchmarks.op_count import autograd_graph
 
     x = torch.randn(3, requires_grad=True)
     # Sum <- Mul <- AccumulateGrad(x), x reached through both factors of the product.
-    assert autograd_nodes((x * x).sum()) == 3
+    assert len(autograd_graph((x * x).sum())) == 3
     # Add <- (Sum <- Exp <- Mul, Sum) <- one AccumulateGrad.
-    assert autograd_nodes((x * 2).exp().sum() + x.sum()) == 6
+    assert len(autograd_graph((x * 2).exp().sum() + x.sum())) == 6

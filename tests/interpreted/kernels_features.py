@@ -22,6 +22,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.op_count import autograd_graph  # noqa: E402
 from lion_hf import LionConfig, LionForImageClassification  # noqa: E402
 from lion_hf.modeling import lion_triton, lion_triton_features  # noqa: E402
 from lion_hf.modeling.lion_attention import (  # noqa: E402
@@ -144,16 +145,6 @@ def test_parallel_kernels_take_raw_features_in_one_autograd_node(kind):
         assert torch.allclose(got.double(), exact, rtol=1e-4, atol=1e-6)
 
 
-def autograd_node_names(loss: torch.Tensor) -> list[str]:
-    seen, stack = set(), [loss.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is not None and node not in seen:
-            seen.add(node)
-            stack.extend(next_node for next_node, _ in node.next_functions)
-    return [type(node).__name__ for node in seen]
-
-
 @pytest.mark.parametrize("variant,order", [("lit", "raster"), ("d", "snake"), ("s", "snake")])
 def test_vision_model_through_the_kernels_matches_the_pytorch_path(variant, order, monkeypatch):
     """Feature maps, attention and the decays' gradients all through the attention kernels, in one autograd node
@@ -177,7 +168,7 @@ def test_vision_model_through_the_kernels_matches_the_pytorch_path(variant, orde
         loss = model(pixel_values=pixels, labels=labels).loss
         if backend == "auto":
             # Feature map, scale and attention in one node per layer, the heads read and merged as views.
-            names = autograd_node_names(loss)
+            names = [type(node).__name__ for node in autograd_graph(loss)]
             assert names.count("_EagerAttentionBackward") == 2
             assert not [n for n in names if n.startswith(("Clone", "Mul", "_FeatureMap", "Elu", "Silu", "Div"))]
         loss.backward()
