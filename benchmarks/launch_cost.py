@@ -1,7 +1,7 @@
 """Host time of one launch of the parallel forward kernel (ViT-B shape, LION-D, bf16) four ways: through Triton's
 ``JITFunction`` (``kernel[grid](...)``), through the compiled kernel's launcher itself (``compiled.run``), through
 its runner (``compiled[grid](...)``, which finds the stream and launch hooks) and through ``lion_triton.launch``
-(the runner behind a cache lookup), each checked to give the same output. Needs CUDA.
+(a cache lookup, then the launcher), each checked to give the same output. Needs CUDA.
 
     python -m benchmarks.launch_cost [--launches 2000]
 """

@@ -1,10 +1,13 @@
 """Where one eager training step of ViT-B/16 spends its time: host, GPU, and the GPU's time per kernel.
 
     python -m benchmarks.profile_step [--models timm,lit,d,s,d-snake] [--batch 64] [--out profile.json] [--python N]
-                                      [--compile]
+                                      [--compile] [--rounds 20]
 
-For each model, after a warm-up: ``wall`` is the median step with a synchronisation after it; ``host`` the median
-time the Python side takes to issue one step (measured from an idle GPU, so no launch waits on a busy one); ``gpu``
+The models' steps are timed in interleaved rounds (every model once per round, all of them built and warmed up
+first), since a GPU machine's host speed can drift by tens of percent within minutes: ``wall`` is the median step
+with a synchronisation after it, ``wall_ratio`` the median over the rounds of its ratio to the first model's step
+in the same round; ``host`` the median time the Python side takes to issue one step (measured from an idle GPU, so
+no launch waits on a busy one). Then each model alone, after a warm-up: ``gpu``
 the kernels' summed durations per step (torch.profiler), grouped (LION's Triton kernels, attention, matrix
 products, the rest) and the largest listed with their calls and time per step; ``peak_mb`` the peak memory allocated
 over the timed steps (weights, optimiser state and inputs included); ``syncs`` the operations of a step
@@ -67,7 +70,8 @@ def group_of(kernel: str) -> str:
 TIMED_STEPS = 10
 
 
-def profile_model(key: str, batch: int, device: torch.device, python_rows: int = 0, compiled: bool = False) -> dict:
+def training_step(key: str, batch: int, device: torch.device, compiled: bool):
+    """One bf16 training step (AdamW) of model ``key`` on fixed random images, warmed up."""
     model = build(key, device).train()
     if compiled:
         model = torch.compile(model)
@@ -85,15 +89,40 @@ def profile_model(key: str, batch: int, device: torch.device, python_rows: int =
     for _ in range(3):
         step()
     torch.cuda.synchronize()
+    return step
+
+
+def timed_step(step) -> tuple[float, float]:
+    """``(host, wall)`` seconds of one step from an idle GPU."""
+    torch.cuda.synchronize()
+    begin = time.perf_counter()
+    step()
+    host = time.perf_counter() - begin
+    torch.cuda.synchronize()
+    return host, time.perf_counter() - begin
+
+
+def interleaved_times(keys: list[str], batch: int, device: torch.device, compiled: bool, rounds: int) -> list[dict]:
+    """Per model: the median ``wall_ms`` and ``host_ms`` over ``rounds`` rounds that step every model once in turn,
+    and ``wall_ratio``, the median of its wall time over the first model's in the same round."""
+    steps = [training_step(key, batch, device, compiled) for key in keys]
+    times = [[timed_step(step) for step in steps] for _ in range(rounds)]
+    return [
+        {
+            "host_ms": statistics.median(row[index][0] for row in times) * 1e3,
+            "wall_ms": statistics.median(row[index][1] for row in times) * 1e3,
+            "wall_ratio": statistics.median(row[index][1] / row[0][1] for row in times),
+        }
+        for index in range(len(keys))
+    ]
+
+
+def profile_model(key: str, batch: int, device: torch.device, python_rows: int = 0, compiled: bool = False) -> dict:
+    step = training_step(key, batch, device, compiled)
     torch.cuda.reset_peak_memory_stats()
-    walls, hosts = [], []
     for _ in range(TIMED_STEPS):
-        torch.cuda.synchronize()
-        begin = time.perf_counter()
         step()
-        hosts.append(time.perf_counter() - begin)
-        torch.cuda.synchronize()
-        walls.append(time.perf_counter() - begin)
+    torch.cuda.synchronize()
     peak_mb = torch.cuda.max_memory_allocated() / 2**20
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -130,14 +159,12 @@ def profile_model(key: str, batch: int, device: torch.device, python_rows: int =
     groups = {}
     for row in per_kernel:
         groups[row["group"]] = groups.get(row["group"], 0.0) + row["ms_per_step"]
-    del model, optimizer
+    del step
     torch.cuda.empty_cache()
     return {
         "model": MODELS[key][0],
         "compiled": compiled,
         "batch": batch,
-        "wall_ms": statistics.median(walls) * 1e3,
-        "host_ms": statistics.median(hosts) * 1e3,
         "gpu_ms": sum(groups.values()),
         "peak_mb": peak_mb,
         "syncs": syncs,
@@ -154,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--python", type=int, default=0, metavar="N", help="list the N costliest Python functions")
     parser.add_argument("--compile", action="store_true", help="torch.compile each model (compiled during warm-up)")
+    parser.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds (default 20)")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     keys = args.models.split(",")
     unknown = [key for key in keys if key not in MODELS]
     if unknown:
@@ -164,15 +194,17 @@ def main(argv: list[str] | None = None) -> int:
     if "timm" in keys and not timm_available():
         parser.error("timm is not installed (drop 'timm' from --models)")
     device = torch.device("cuda")
+    times = interleaved_times(keys, args.batch, device, args.compile, args.rounds)
+    torch.cuda.empty_cache()
     results = []
-    for key in keys:
-        result = profile_model(key, args.batch, device, args.python, args.compile)
+    for key, timing in zip(keys, times):
+        result = {**profile_model(key, args.batch, device, args.python, args.compile), **timing}
         results.append(result)
         groups = ", ".join(f"{group} {ms:.2f}" for group, ms in sorted(result["gpu_ms_by_group"].items()))
         print(
-            f"\n{result['model']}{' compiled' if args.compile else ''} (ViT-B/16, batch {args.batch}): wall {result['wall_ms']:.2f} ms, host "
-            f"{result['host_ms']:.2f} ms, GPU {result['gpu_ms']:.2f} ms ({groups}), peak {result['peak_mb']:.0f} MB; {len(result['syncs'])} syncs "
-            f"{result['syncs'][:3]}",
+            f"\n{result['model']}{' compiled' if args.compile else ''} (ViT-B/16, batch {args.batch}): wall {result['wall_ms']:.2f} ms "
+            f"({result['wall_ratio']:.2f}x the first), host {result['host_ms']:.2f} ms, GPU {result['gpu_ms']:.2f} ms ({groups}), "
+            f"peak {result['peak_mb']:.0f} MB; {len(result['syncs'])} syncs {result['syncs'][:3]}",
             flush=True,
         )
         for row in result["kernels"][:10]:

@@ -210,7 +210,7 @@ def lion_attention(
     _check_shapes(q, k, v, log_decays, orders, key_padding_mask)
     key_padding_mask = _boolean_mask(key_padding_mask, check_values)
     dtype = _compute_dtype(q)
-    q, k, v = (t.to(dtype) for t in (q, k, v))
+    q, k, v = (as_dtype(t, dtype) for t in (q, k, v))
     if orders is None and log_decays is not None:
         orders = [None] * len(log_decays)
     options = dict(
@@ -512,6 +512,12 @@ def _spanned_by_real_tokens(key_padding_mask: torch.Tensor) -> torch.Tensor:
     """``(B, N)``: the tokens from a row's first real token to its last, the only ones whose decays a real token's
     mask uses."""
     return key_padding_mask.cummax(1).values & key_padding_mask.flip(1).cummax(1).values.flip(1)
+
+
+def as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t.to(dtype)`` without the call when ``t`` already has it: an eager step makes many such calls, and each
+    costs the host a dispatch even when it returns ``t``."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _compute_dtype(q: torch.Tensor) -> torch.dtype:

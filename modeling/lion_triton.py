@@ -42,9 +42,11 @@ import functools
 import re
 
 import torch
+import torch.nn.functional as F
 
 from .lion_attention import (
     MIN_LOG_DECAY,
+    as_dtype,
     bounded_log_decays,
     bounds_passing,
     feature_maps,
@@ -87,17 +89,20 @@ def launch(kernel, grid: tuple, *args, **meta) -> None:
     arguments like these (``args``: every argument that is not a ``tl.constexpr``, in order; ``meta``: the
     constexprs by name and the launch options).
 
-    ``JITFunction``'s launch path (binding, specialisation, cache lookup, option handling) took 50 us of host time
-    per launch on an H200 machine (Triton 3.6), the compiled kernel's own ~8 us (benchmarks/NOTES.md); an eager
-    training step makes dozens of launches. The cache key is finer than Triton's: each tensor's dtype and 16-byte
-    alignment (what Triton specialises a tensor on), every other argument's value, the constexprs, the options
-    and the device, so a key seen before always names the kernel Triton would pick. The interpreter (and anything
-    not a ``JITFunction``) launches as usual."""
+    ``JITFunction``'s launch path (binding, specialisation, cache lookup, option handling) took 43-50 us of host
+    time per launch on an H200 machine (Triton 3.6), the compiled kernel's launcher 8-12 us (benchmarks/NOTES.md);
+    an eager training step makes dozens of launches. The cache key is finer than Triton's: each tensor's dtype and
+    16-byte alignment (what Triton specialises a tensor on), every other argument's value, the constexprs, the
+    options and the device, so a key seen before always names the kernel Triton would pick. Launch hooks (a
+    profiler's) get the launch metadata Triton would give them. The interpreter (and anything not a
+    ``JITFunction``) launches as usual."""
     if not isinstance(kernel, triton.runtime.JITFunction):
         kernel[grid](*args, **meta)
         return
+    driver = triton.runtime.driver.active
+    device = driver.get_current_device()
     key = (
-        kernel, torch.cuda.current_device(), *meta.items(),
+        kernel, device, *meta.items(),
         *[(a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else a for a in args],
     )  # fmt: skip
     entry = _COMPILED.get(key)
@@ -109,8 +114,17 @@ def launch(kernel, grid: tuple, *args, **meta) -> None:
         _COMPILED[key] = compiled, [meta[name] for name in kernel.arg_names[len(args):]]
         return
     compiled, constexprs = entry
-    # The compiled kernel's runner reads three grid dims (JITFunction pads them itself).
-    compiled[(*grid, 1, 1)[:3]](*args, *constexprs, stream=torch.cuda.current_stream().cuda_stream)
+    stream = driver.get_current_stream(device)
+    # Both Triton versions read three grid dims here (JITFunction pads them itself).
+    grid = (*grid, 1, 1)
+    hooks = triton.knobs.runtime
+    if hooks.launch_enter_hook.calls or hooks.launch_exit_hook.calls:
+        compiled[grid[:3]](*args, *constexprs, stream=stream)  # the runner builds the metadata the hooks read
+    else:
+        compiled.run(
+            grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata, None, None, None,
+            *args, *constexprs,
+        )  # fmt: skip
 
 
 _COMPILED: dict = {}
@@ -560,9 +574,13 @@ def _dropout_arguments(dropout_p: float) -> tuple[int, float]:
 
 
 def _pointers(q, padding, positions, distance, u, w, u_lo, w_lo, seed) -> list[torch.Tensor]:
-    """Tensor arguments in kernel order; an absent one is replaced by ``q``, which its kernel never reads."""
+    """Tensor arguments in kernel order (see ``_present``)."""
     padding = None if padding is None else padding.view(torch.uint8)
-    tensors = (padding, positions, distance, u, w, u_lo, w_lo, seed)
+    return _present(q, padding, positions, distance, u, w, u_lo, w_lo, seed)
+
+
+def _present(q: torch.Tensor, *tensors: torch.Tensor | None) -> list[torch.Tensor]:
+    """``tensors`` with each absent one replaced by ``q``, which the kernels never touch in its place."""
     return [q if t is None else t for t in tensors]
 
 
@@ -614,10 +632,12 @@ def _backward(
     grad_out, q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed, dropout_p, normalize, eps, scale,
     raw=None, feature=0,
 ):  # fmt: skip
-    """``(dq, dk, dv, d distance, d u, d w)``: the gradients of the queries and keys (contiguous), of the values (in
-    the layout of ``out``) and of the decay terms (empty tensors for absent ones). With ``raw``, the queries and
-    keys that feature map ``feature`` (a code of ``FEATURE_MAPS``) turned into ``q`` and ``k``, ``dq`` and ``dk``
-    are those of the raw ones (the kernels apply the map's gradient before storing them)."""
+    """``(dq, dk, dv, grad_u, grad_w)``: the gradients of the queries and keys (contiguous) and of the values (in
+    the layout of ``out``); the kernels' per-token gradients of the decay terms, ``(P, B, H, N)`` float32 each
+    (see the module docstring; LION-D's in ``grad_u``, ``grad_w`` then the same tensor; both ``None`` without
+    decays). With ``raw``, the queries and keys that feature map ``feature`` (a code of ``FEATURE_MAPS``) turned
+    into ``q`` and ``k``, ``dq`` and ``dk`` are those of the raw ones (the kernels apply the map's gradient before
+    storing them)."""
     batch, heads, length, dim = q.shape
     value_dim = v.shape[-1]
     (q, k), v = _readable(q, k), _last_dim_contiguous(v)
@@ -625,9 +645,11 @@ def _backward(
     dy = grad_out if grad_out.stride() == out.stride() else torch.empty_like(out).copy_(grad_out)
     dq, dk = q.new_empty(q.shape), k.new_empty(k.shape)
     dv = torch.empty_like(out)
-    paths = 0 if positions is None else positions.shape[0]
-    grad_u = torch.empty(max(paths, 1), batch, heads, length, device=q.device, dtype=torch.float32)
-    grad_w = torch.empty_like(grad_u) if u is not None else grad_u
+    if positions is None:
+        grad_u = grad_w = None
+    else:
+        grad_u = torch.empty(positions.shape[0], batch, heads, length, device=q.device, dtype=torch.float32)
+        grad_w = torch.empty_like(grad_u) if u is not None else grad_u
     if normalize:
         inv, delta = (torch.empty(batch, heads, length, device=q.device, dtype=torch.float32) for _ in range(2))
     else:
@@ -640,7 +662,7 @@ def _backward(
     config = _blocks("backward_q", length, q.dtype)
     launch(
         _backward_q_kernel, (cdiv(length, config["BLOCK_M"]), batch * heads),
-        q, k, raw_q, v, out, z, dy, inv, delta, dq, grad_u, grad_w, *pointers,
+        q, k, raw_q, v, out, z, dy, inv, delta, dq, *_present(q, grad_u, grad_w), *pointers,
         heads, length, dim, value_dim, *strides, path_stride, batch_stride, eps, scale, threshold, drop_scale,
         FEATURE=feature, **flags, **config,
     )  # fmt: skip
@@ -648,19 +670,11 @@ def _backward(
     config = _blocks("backward_kv", length, q.dtype)
     launch(
         _backward_kv_kernel, (cdiv(length, config["BLOCK_N"]), batch * heads),
-        q, k, raw_k, v, dy, inv, delta, dk, dv, grad_u, grad_w, *pointers,
+        q, k, raw_k, v, dy, inv, delta, dk, dv, *_present(q, grad_u, grad_w), *pointers,
         heads, length, dim, value_dim, *strides, path_stride, batch_stride, scale, threshold, drop_scale,
         FEATURE=feature, **flags, **config,
     )  # fmt: skip
-
-    def none():  # a fresh empty tensor each: an operator's outputs may not alias each other
-        return q.new_empty(0)
-
-    if distance is not None:
-        return dq, dk, dv, grad_u.sum(-1).sum_to_size(distance.shape), none(), none()
-    if u is not None:
-        return dq, dk, dv, none(), grad_u.sum_to_size(u.shape), grad_w.sum_to_size(w.shape)
-    return dq, dk, dv, none(), none(), none()
+    return dq, dk, dv, grad_u, grad_w
 
 
 # -------------------------------------------------------------- torch.library operators (torch.compile) and eager
@@ -704,7 +718,17 @@ def _(q, k, v, *terms):
     "Tensor, Tensor, Tensor, Tensor)",
 )
 def _backward_op(grad_out, q, k, v, out, z, *terms):
-    return _backward(grad_out, q, k, v, out, z, *terms)
+    dq, dk, dv, grad_u, grad_w = _backward(grad_out, q, k, v, out, z, *terms)
+    distance, u, w = terms[2:5]
+
+    def none():  # a fresh empty tensor each: an operator's outputs may not alias each other
+        return q.new_empty(0)
+
+    if distance is not None:
+        return dq, dk, dv, grad_u.sum(-1).sum_to_size(distance.shape), none(), none()
+    if u is not None:
+        return dq, dk, dv, none(), grad_u.sum_to_size(u.shape), grad_w.sum_to_size(w.shape)
+    return dq, dk, dv, none(), none(), none()
 
 
 @_backward_op.register_fake
@@ -765,7 +789,7 @@ class _EagerAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, z, padding, positions, distance, u, w, u_lo, w_lo, seed = ctx.saved_tensors
-        dq, dk, dv, grad_distance, grad_u, grad_w = _backward(
+        dq, dk, dv, grad_u, grad_w = _backward(
             grad_out, *_mapped(q, k, ctx.feature_map), v, out, z, padding, positions, distance, u, w, u_lo, w_lo,
             seed, *ctx.options, raw=(q, k), feature=FEATURE_MAPS[ctx.feature_map],
         )  # fmt: skip
@@ -774,7 +798,7 @@ class _EagerAttention(torch.autograd.Function):
         elif distance is not None:
             grads = [
                 _constant_gradient(g, passing, *decay)
-                for g, passing, decay in zip(grad_distance.unbind(0), ctx.passing, ctx.decays)
+                for g, passing, decay in zip(grad_u.sum(-1).unbind(0), ctx.passing, ctx.decays)
             ]
         elif u is not None:
             accumulate = torch.float64 if q.dtype == torch.float32 else torch.float32
@@ -800,21 +824,20 @@ def _constant_gradient(grad: torch.Tensor, passing: torch.Tensor, shape: torch.S
     """The gradient ``(B or 1, H)`` of a log-decay that is constant along the tokens, as the gradient of the
     ``(B or 1, H, N)`` tensor it was passed as (stride 0 along the tokens): all of it on the first token, since
     the expansion's backward sums over the tokens; none where the bounds moved it (``passing`` false)."""
-    full = grad.new_zeros(shape, dtype=dtype)
-    full[..., :1] = torch.where(passing, grad.sum_to_size(shape[:-1]).unsqueeze(-1), 0.0)
-    return full
+    first = as_dtype(torch.where(passing, grad.sum_to_size(shape[:-1]).unsqueeze(-1), 0.0), dtype)
+    return F.pad(first, (0, shape[-1] - 1))
 
 
 def _running_sums_gradient(grad_u, grad_w, order, shape, dtype, accumulate) -> torch.Tensor:
     """The gradient of the log-decays from those of their exclusive (``u``) and inclusive (``w``) running sums
     along the path, all in token order (``along_path_gradient`` in path order)."""
-    grad_u, grad_w = grad_u.to(accumulate), grad_w.to(accumulate)
+    grad_u, grad_w = as_dtype(grad_u, accumulate), as_dtype(grad_w, accumulate)
     if order is not None:
         grad_u, grad_w = grad_u[..., order], grad_w[..., order]
     later = along_path_gradient(grad_u, grad_w)
     if order is not None:
         later = later[..., order_steps(order)]
-    return later.sum_to_size(shape).to(dtype)
+    return as_dtype(later.sum_to_size(shape), dtype)
 
 
 def along_path_gradient(grad_exclusive: torch.Tensor, grad_inclusive: torch.Tensor) -> torch.Tensor:
@@ -885,7 +908,7 @@ def _decay_terms(q, log_decays, orders, spanned):
     batch = max(ld.shape[0] for ld in log_decays)
     if all(is_constant_along_length(ld) for ld in log_decays):
         values = [ld[..., 0] if ld.shape[0] == batch else ld[..., 0].expand(batch, -1) for ld in log_decays]
-        distance = torch.stack(values).to(torch.float32).clamp(min=MIN_LOG_DECAY)
+        distance = as_dtype(torch.stack(values), torch.float32).clamp(min=MIN_LOG_DECAY)
         return positions, distance, None, None, None, None
     log_decays = bounded_log_decays(log_decays, spanned)
     steps = [None if order is None else order_steps(order) for order in orders]
@@ -924,13 +947,13 @@ def _natural_positions(paths: int, length: int, device: torch.device) -> torch.T
 def _stack(tensors: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
     """The paths stacked along a new first dim (a view for a single path)."""
     if len(tensors) == 1:
-        return tensors[0].to(dtype).unsqueeze(0)
-    return torch.stack(tensors).to(dtype)
+        return as_dtype(tensors[0], dtype).unsqueeze(0)
+    return as_dtype(torch.stack(tensors), dtype)
 
 
 def _segment_sums(log_decay, order, step, dtype):
     """Exclusive and inclusive running sums of the log-decays along the path, in token order."""
-    log_a = log_decay.to(dtype)
+    log_a = as_dtype(log_decay, dtype)
     along = log_a if order is None else log_a[..., order]
     inclusive = along.cumsum(-1)
     exclusive = inclusive - along

@@ -154,11 +154,32 @@ def test_profile_step_groups_kernels_and_refuses_what_it_cannot_run(capsys):
     for argv, message in [
         (["--models", "lit,mamba"], "unknown models ['mamba']"),
         (["--models", "lit"], "profiling a step needs a CUDA device"),
+        (["--models", "lit", "--rounds", "0"], "--rounds must be at least 1, got 0"),
     ]:
         with pytest.raises(SystemExit) as raised:
             profile_step.main(argv)
         assert raised.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_profile_step_rounds_step_every_model_in_turn_and_take_the_median_of_the_ratios(monkeypatch):
+    from benchmarks import profile_step
+
+    monkeypatch.setattr(profile_step, "training_step", lambda key, *args: key)
+    walls = {"timm": iter([1.0, 2.0, 10.0]), "lit": iter([5.0, 3.0, 4.0])}
+    stepped = []
+
+    def timed_step(key):
+        stepped.append(key)
+        wall = next(walls[key])
+        return wall / 2, wall
+
+    monkeypatch.setattr(profile_step, "timed_step", timed_step)
+    timm, lit = profile_step.interleaved_times(["timm", "lit"], 8, None, False, rounds=3)
+    assert stepped == ["timm", "lit"] * 3
+    assert (timm["wall_ms"], timm["host_ms"], timm["wall_ratio"]) == (2000.0, 1000.0, 1.0)
+    # The rounds' ratios are 5, 1.5 and 0.4: their median, not the ratio of the medians (4 / 2).
+    assert (lit["wall_ms"], lit["host_ms"], lit["wall_ratio"]) == (4000.0, 2000.0, 1.5)
 
 
 def test_launch_cost_refuses_to_run_without_a_gpu(capsys):

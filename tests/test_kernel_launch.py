@@ -1,9 +1,11 @@
 """lion_triton.launch: a kernel launched through Triton once per kind of arguments, later launches through the
-compiled kernel with every argument (the constexprs after the others, in signature order), and through Triton again
-whenever anything Triton specialises on changes. A stand-in for Triton's JITFunction records the calls; no GPU
-needed."""
+compiled kernel's launcher with every argument (the constexprs after the others, in signature order; through its
+runner while a launch hook is set), and through Triton again whenever anything Triton specialises on changes.
+Stand-ins for Triton's JITFunction, compiled kernel and driver record the calls; no GPU needed."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,13 +16,19 @@ from lion_hf.modeling import lion_triton
 
 
 class _Compiled:
+    function, packed_metadata = "function", "metadata"
+
     def __init__(self, calls):
         self.calls = calls
+
+    def run(self, grid_x, grid_y, grid_z, stream, function, metadata, launch_metadata, enter, exit, *args):
+        assert (function, metadata, launch_metadata, enter, exit) == ("function", "metadata", None, None, None)
+        self.calls.append(("compiled", (grid_x, grid_y, grid_z), args, stream))
 
     def __getitem__(self, grid):
         # Triton's runner reads three grid dims.
         dims = grid[0], grid[1], grid[2]
-        return lambda *args, stream=None: self.calls.append(("compiled", dims, args, stream))
+        return lambda *args, stream=None: self.calls.append(("runner", dims, args, stream))
 
 
 class _Kernel(triton.runtime.JITFunction):
@@ -43,8 +51,9 @@ class _Kernel(triton.runtime.JITFunction):
 
 @pytest.fixture
 def kernel(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda: type("Stream", (), {"cuda_stream": 7})())
+    streams = {0: 7}
+    driver = SimpleNamespace(get_current_device=lambda: 0, get_current_stream=streams.__getitem__)
+    monkeypatch.setattr(triton.runtime, "driver", SimpleNamespace(active=driver))
     monkeypatch.setattr(lion_triton, "_COMPILED", {})
     return _Kernel()
 
@@ -59,6 +68,22 @@ def test_a_second_launch_goes_through_the_compiled_kernel_with_every_argument(ke
     assert kernel.calls[1] == ("compiled", (5, 2, 1), (y, 32, 0.5, 16, True), 7)
     assert kernel.calls[2] == ("compiled", (9, 1, 1), (x, 32, 0.5, 16, True), 7)
     assert len(kernel.calls) == 3
+
+
+def test_while_a_launch_hook_is_set_the_runner_launches_so_that_the_hook_gets_its_metadata(kernel):
+    x = torch.zeros(64)
+    hooks = triton.knobs.runtime.launch_enter_hook
+    hook = lambda metadata: None  # noqa: E731
+    for _ in range(2):
+        lion_triton.launch(kernel, (3,), x, 32, 0.5, BLOCK=16, FLAG=True)
+    hooks.add(hook)
+    try:
+        lion_triton.launch(kernel, (3,), x, 32, 0.5, BLOCK=16, FLAG=True)
+    finally:
+        hooks.remove(hook)
+    lion_triton.launch(kernel, (3,), x, 32, 0.5, BLOCK=16, FLAG=True)
+    assert [call[0] for call in kernel.calls] == ["jit", "compiled", "runner", "compiled"]
+    assert kernel.calls[2] == ("runner", (3, 1, 1), (x, 32, 0.5, 16, True), 7)
 
 
 def test_the_cache_starts_again_rather_than_grow_without_bound(kernel, monkeypatch):
