@@ -376,8 +376,11 @@ class LionVisionLayer(GradientCheckpointingLayer):
         self.drop_path = LionDropPath(drop_path)
 
     def forward(self, hidden_states, orders=None, num_prefix_tokens=1, output_attentions=False):
-        attention, _ = self.attention(self.layernorm_before(hidden_states), orders, num_prefix_tokens, output_attentions)
-        hidden_states = hidden_states + self.drop_path(attention)
+        # The attention's output is not bound to a name: it would stay alive through the MLP, which is where
+        # inference peaks, one activation above timm's block.
+        hidden_states = hidden_states + self.drop_path(
+            self.attention(self.layernorm_before(hidden_states), orders, num_prefix_tokens, output_attentions)[0]
+        )
         return hidden_states + self.drop_path(self.mlp(self.layernorm_after(hidden_states)))
 
 

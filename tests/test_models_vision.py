@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 import torch
@@ -334,3 +336,51 @@ def test_distillation_misuse_is_rejected():
         model(pixel_values=pixels, labels=labels, teacher_logits=torch.randn(2, 4))
     with pytest.raises(ValueError, match="Unknown distillation_type 'medium'; allowed: hard, soft"):
         model(pixel_values=pixels, labels=labels, teacher_logits=torch.randn(2, 3), distillation_type="medium")
+
+
+def _live_activations_at_mlp_entry(blocks: torch.nn.Module, mlps: list, x: torch.Tensor) -> list[int]:
+    """How many distinct tensors of the residual stream's shape are alive as each block's MLP starts."""
+    counts = []
+
+    def count(module, args):
+        storages = {
+            o.untyped_storage().data_ptr()
+            for o in gc.get_objects()
+            if isinstance(o, torch.Tensor) and o.shape == x.shape
+        }  # fmt: skip
+        counts.append(len(storages))
+
+    handles = [mlp.register_forward_pre_hook(count) for mlp in mlps]
+    try:
+        with torch.no_grad():
+            blocks(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return counts
+
+
+class _TimmStyleBlock(torch.nn.Module):
+    """The residual structure of timm's ViT block (token mixing stood in for by a linear map)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.norm1, self.norm2 = torch.nn.LayerNorm(width), torch.nn.LayerNorm(width)
+        self.attn = torch.nn.Linear(width, width)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(width, 4 * width), torch.nn.GELU(), torch.nn.Linear(4 * width, width))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def test_vision_layers_hold_no_more_activations_through_the_mlp_than_timms_block():
+    """The MLP is where a ViT's inference peaks: a layer must not keep its attention output alive through it."""
+    config = tiny_vision_config(num_hidden_layers=3)
+    encoder = randomized(LionModel(config)).eval().encoder
+    x = torch.randn(2, (config.image_size // config.patch_size) ** 2 + 1, config.hidden_size)
+    lion = _live_activations_at_mlp_entry(encoder, [layer.mlp for layer in encoder.layer], x)
+    reference = torch.nn.Sequential(*[_TimmStyleBlock(config.hidden_size) for _ in range(3)])
+    timm_like = _live_activations_at_mlp_entry(reference, [block.mlp for block in reference], x)
+    assert len(lion) == len(timm_like) == 3
+    assert lion == timm_like
