@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -81,6 +83,19 @@ def lion_mlm(shape: TextShape, variant: str, device: torch.device, **overrides):
 
 def bert_sdpa(shape: TextShape, device: torch.device):
     return _build(BertForMaskedLM, BertConfig(**_text_kwargs(shape)), device)
+
+
+def comma_separated(known) -> Callable[[str], list[str]]:
+    """An argparse ``type``: a comma-separated list of names, each one of ``known``."""
+
+    def parse(text: str) -> list[str]:
+        names = text.split(",")
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown models {unknown}; choose from {', '.join(known)}")
+        return names
+
+    return parse
 
 
 def timm_available() -> bool:

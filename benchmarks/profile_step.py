@@ -1,7 +1,7 @@
 """Where one eager training step of ViT-B/16 spends its time: host, GPU, and the GPU's time per kernel.
 
     python -m benchmarks.profile_step [--models timm,lit,d,s,d-snake] [--batch 64] [--out profile.json] [--python N]
-                                      [--compile] [--rounds 20]
+                                      [--compile [MODE]] [--rounds 20]
 
 The models' steps are timed in interleaved rounds (every model once per round, all of them built and warmed up
 first), since a GPU machine's host speed can drift by tens of percent within minutes: ``wall`` is the median step
@@ -13,7 +13,8 @@ products, the rest) and the largest listed with their calls and time per step; `
 over the timed steps (weights, optimiser state and inputs included); ``syncs`` the operations of a step
 that make the host wait for the GPU (``torch.cuda.set_sync_debug_mode``). A step is host-bound when ``host`` is
 close to ``wall``, ``gpu`` well below it and no sync in it. ``--python N`` adds the N Python functions with the
-most time of their own in one step (cProfile); ``--compile`` profiles ``torch.compile``d models. Needs a CUDA
+most time of their own in one step (cProfile); ``--compile`` profiles ``torch.compile``d models (``--compile
+reduce-overhead``: with CUDA graphs, which replay a step's launches without the host). Needs a CUDA
 device.
 """
 
@@ -31,7 +32,7 @@ import warnings
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from .models import lion_vision, timm_available, timm_vit, vit_sdpa
+from .models import comma_separated, lion_vision, timm_available, timm_vit, vit_sdpa
 from .suites import VIT_B
 
 MODELS = {
@@ -68,13 +69,15 @@ def group_of(kernel: str) -> str:
 
 
 TIMED_STEPS = 10
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def training_step(key: str, batch: int, device: torch.device, compiled: bool):
-    """One bf16 training step (AdamW) of model ``key`` on fixed random images, warmed up."""
+def training_step(key: str, batch: int, device: torch.device, compile_mode: str | None):
+    """One bf16 training step (AdamW) of model ``key`` on fixed random images, warmed up; ``compile_mode``: a
+    ``torch.compile`` mode, or ``None`` for eager."""
     model = build(key, device).train()
-    if compiled:
-        model = torch.compile(model)
+    if compile_mode is not None:
+        model = torch.compile(model, mode=compile_mode)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     pixels = torch.randn(batch, 3, VIT_B.image_size, VIT_B.image_size, device=device)
     labels = torch.randint(0, VIT_B.num_labels, (batch,), device=device)
@@ -102,10 +105,12 @@ def timed_step(step) -> tuple[float, float]:
     return host, time.perf_counter() - begin
 
 
-def interleaved_times(keys: list[str], batch: int, device: torch.device, compiled: bool, rounds: int) -> list[dict]:
+def interleaved_times(
+    keys: list[str], batch: int, device: torch.device, compile_mode: str | None, rounds: int
+) -> list[dict]:
     """Per model: the median ``wall_ms`` and ``host_ms`` over ``rounds`` rounds that step every model once in turn,
     and ``wall_ratio``, the median of its wall time over the first model's in the same round."""
-    steps = [training_step(key, batch, device, compiled) for key in keys]
+    steps = [training_step(key, batch, device, compile_mode) for key in keys]
     times = [[timed_step(step) for step in steps] for _ in range(rounds)]
     return [
         {
@@ -117,8 +122,10 @@ def interleaved_times(keys: list[str], batch: int, device: torch.device, compile
     ]
 
 
-def profile_model(key: str, batch: int, device: torch.device, python_rows: int = 0, compiled: bool = False) -> dict:
-    step = training_step(key, batch, device, compiled)
+def profile_model(
+    key: str, batch: int, device: torch.device, python_rows: int = 0, compile_mode: str | None = None
+) -> dict:
+    step = training_step(key, batch, device, compile_mode)
     torch.cuda.reset_peak_memory_stats()
     for _ in range(TIMED_STEPS):
         step()
@@ -163,7 +170,7 @@ def profile_model(key: str, batch: int, device: torch.device, python_rows: int =
     torch.cuda.empty_cache()
     return {
         "model": MODELS[key][0],
-        "compiled": compiled,
+        "compile_mode": compile_mode,
         "batch": batch,
         "gpu_ms": sum(groups.values()),
         "peak_mb": peak_mb,
@@ -176,19 +183,23 @@ def profile_model(key: str, batch: int, device: torch.device, python_rows: int =
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="timm,lit,d,s,d-snake", help=f"comma-separated, of {', '.join(MODELS)}")
+    parser.add_argument(
+        "--models", type=comma_separated(MODELS), default="timm,lit,d,s,d-snake",
+        help=f"comma-separated, of {', '.join(MODELS)}",
+    )  # fmt: skip
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--python", type=int, default=0, metavar="N", help="list the N costliest Python functions")
-    parser.add_argument("--compile", action="store_true", help="torch.compile each model (compiled during warm-up)")
+    parser.add_argument(
+        "--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES, metavar="MODE",
+        help=f"torch.compile each model (compiled during warm-up) in MODE, one of {', '.join(COMPILE_MODES)}; "
+        "'default' when MODE is left out",
+    )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=20, help="interleaved timing rounds (default 20)")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
-    keys = args.models.split(",")
-    unknown = [key for key in keys if key not in MODELS]
-    if unknown:
-        parser.error(f"unknown models {unknown}; choose from {', '.join(MODELS)}")
+    keys = args.models
     if not torch.cuda.is_available():
         parser.error("profiling a step needs a CUDA device")
     if "timm" in keys and not timm_available():
@@ -202,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(result)
         groups = ", ".join(f"{group} {ms:.2f}" for group, ms in sorted(result["gpu_ms_by_group"].items()))
         print(
-            f"\n{result['model']}{' compiled' if args.compile else ''} (ViT-B/16, batch {args.batch}): wall {result['wall_ms']:.2f} ms "
+            f"\n{result['model']}{'' if args.compile is None else f' compiled ({args.compile})'} (ViT-B/16, batch {args.batch}): wall {result['wall_ms']:.2f} ms "
             f"({result['wall_ratio']:.2f}x the first), host {result['host_ms']:.2f} ms, GPU {result['gpu_ms']:.2f} ms ({groups}), "
             f"peak {result['peak_mb']:.0f} MB; {len(result['syncs'])} syncs {result['syncs'][:3]}",
             flush=True,

@@ -188,19 +188,24 @@ def long_mlm_training(settings: Settings, device: torch.device) -> Iterator[dict
                              shape=settings.long_text_shape, lion_overrides=lion)  # fmt: skip
 
 
+def mlm_inputs(shape: TextShape, length: int, batch: int, device: torch.device) -> dict:
+    """A masked-LM batch: random tokens, 15% of them labelled, no padding (the same batch on every call)."""
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    input_ids = torch.randint(1, shape.vocab_size, (batch, length), generator=generator)
+    labels = torch.where(torch.rand(batch, length, generator=generator) < 0.15, input_ids, -100)
+    return {
+        "input_ids": input_ids.to(device),
+        "attention_mask": torch.ones(batch, length, dtype=torch.long, device=device),
+        "labels": labels.to(device),
+    }
+
+
 def _mlm_training(settings, device, cases, compiled: bool, group=None, shape=None, lion_overrides=None):
     shape = shape or settings.text_shape
     group = group or ("compiled_mlm" if compiled else "mlm")
     lion_overrides = lion_overrides or {}
     for length, batch in cases:
-        generator = torch.Generator(device="cpu").manual_seed(0)
-        input_ids = torch.randint(1, shape.vocab_size, (batch, length), generator=generator)
-        labels = torch.where(torch.rand(batch, length, generator=generator) < 0.15, input_ids, -100)
-        inputs = {
-            "input_ids": input_ids.to(device),
-            "attention_mask": torch.ones(batch, length, dtype=torch.long, device=device),
-            "labels": labels.to(device),
-        }
+        inputs = mlm_inputs(shape, length, batch, device)
         case = {"group": group, "shape": shape.name, "seq_len": length, "batch": batch}
         builders = [("BERT SDPA", None, lambda: bert_sdpa(shape, device))]
         builders += [(_label(v), v, lambda v=v: lion_mlm(shape, v, device, **lion_overrides)) for v in TEXT_VARIANTS]

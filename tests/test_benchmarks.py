@@ -155,6 +155,7 @@ def test_profile_step_groups_kernels_and_refuses_what_it_cannot_run(capsys):
         (["--models", "lit,mamba"], "unknown models ['mamba']"),
         (["--models", "lit"], "profiling a step needs a CUDA device"),
         (["--models", "lit", "--rounds", "0"], "--rounds must be at least 1, got 0"),
+        (["--models", "lit", "--compile", "fast"], "argument --compile: invalid choice: 'fast'"),
     ]:
         with pytest.raises(SystemExit) as raised:
             profile_step.main(argv)
@@ -175,7 +176,7 @@ def test_profile_step_rounds_step_every_model_in_turn_and_take_the_median_of_the
         return wall / 2, wall
 
     monkeypatch.setattr(profile_step, "timed_step", timed_step)
-    timm, lit = profile_step.interleaved_times(["timm", "lit"], 8, None, False, rounds=3)
+    timm, lit = profile_step.interleaved_times(["timm", "lit"], 8, None, None, rounds=3)
     assert stepped == ["timm", "lit"] * 3
     assert (timm["wall_ms"], timm["host_ms"], timm["wall_ratio"]) == (2000.0, 1000.0, 1.0)
     # The rounds' ratios are 5, 1.5 and 0.4: their median, not the ratio of the medians (4 / 2).
@@ -199,3 +200,36 @@ def test_op_count_counts_each_autograd_node_once():
     assert len(autograd_graph((x * x).sum())) == 3
     # Add <- (Sum <- Exp <- Mul, Sum) <- one AccumulateGrad.
     assert len(autograd_graph((x * 2).exp().sum() + x.sum())) == 6
+
+
+def test_memory_peak_replays_the_allocators_trace_and_names_the_allocating_lines(capsys):
+    from benchmarks import memory_peak
+
+    def frames(*where):
+        return [{"filename": f, "line": line, "name": name} for f, line, name in where]
+
+    inner = ("/site/torch/nn/functional.py", 10, "linear")
+    trace = [
+        {"action": "alloc", "addr": 1, "size": 100, "frames": frames(inner, ("/m/modeling_lion.py", 5, "forward"))},
+        {"action": "alloc", "addr": 2, "size": 50, "frames": frames(("/m/lion_triton.py", 7, "_forward"))},
+        {"action": "free_requested", "addr": 1, "size": 100, "frames": []},
+        {"action": "free_completed", "addr": 1, "size": 100, "frames": []},
+        {"action": "alloc", "addr": 3, "size": 120, "frames": frames(("/m/modeling_lion.py", 5, "forward"))},
+        {"action": "alloc", "addr": 4, "size": 10, "frames": frames(inner)},
+        {"action": "free_completed", "addr": 99, "size": 7, "frames": []},  # allocated before the record began
+        {"action": "free_completed", "addr": 4, "size": 10, "frames": []},
+    ]
+    peak, blocks = memory_peak.live_at_peak(trace)
+    # Live totals: 100, 150, 50, 170, 180 (the peak: blocks 2, 3, 4), 180, 170.
+    assert peak == 180
+    assert sorted(block["addr"] for block in blocks) == [2, 3, 4]
+    assert memory_peak.by_site(blocks) == {
+        "modeling_lion.py:5 forward": 120, "lion_triton.py:7 _forward": 50, "torch (no frame outside it)": 10,
+    }  # fmt: skip
+    with pytest.raises(SystemExit) as raised:
+        memory_peak.main(["--models", "bert,gpt"])
+    assert raised.value.code == 2
+    assert "unknown models ['gpt']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        memory_peak.main(["--models", "bert"])
+    assert "recording the allocator needs a CUDA device" in capsys.readouterr().err
