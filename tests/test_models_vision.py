@@ -343,10 +343,11 @@ def _live_activations_at_mlp_entry(blocks: torch.nn.Module, mlps: list, x: torch
     counts = []
 
     def count(module, args):
+        # type(), not isinstance(): the latter reads __class__, which a dead weak proxy among the objects raises on.
         storages = {
             o.untyped_storage().data_ptr()
             for o in gc.get_objects()
-            if isinstance(o, torch.Tensor) and o.shape == x.shape
+            if issubclass(type(o), torch.Tensor) and o.shape == x.shape
         }  # fmt: skip
         counts.append(len(storages))
 
