@@ -30,6 +30,7 @@ from transformers.utils.output_capturing import capture_outputs, maybe_install_c
 from .configuration_lion import LionConfig
 from .lion_attention import (
     ATTENTION_FORMS,
+    as_dtype,
     check_attention_settings,
     check_that,
     is_compiling,
@@ -69,6 +70,16 @@ def snake_orders(rows: int, cols: int, num_prefix_tokens: int = 1, device=None) 
     col_snake = (torch.where(c % 2 == 0, r, rows - 1 - r) * cols + c).t().flatten()
     prefix = torch.arange(num_prefix_tokens, device=device)
     return tuple(torch.cat([prefix, num_prefix_tokens + order]) for order in (row_snake, col_snake))
+
+
+def shared_autocast_input(x: torch.Tensor) -> torch.Tensor:
+    """``x`` cast once to the autocast dtype (when autocast would cast it), so that the projections that all read
+    ``x`` read, and keep for their backward, one copy: autocast casts an activation for every operation that
+    reads it, and every linear layer saves the copy it was given."""
+    device = x.device.type
+    if not torch.is_autocast_enabled(device) or x.dtype == torch.float64 or not x.is_floating_point():
+        return x
+    return as_dtype(x, torch.get_autocast_dtype(device))
 
 
 class LionMixer(nn.Module):
@@ -180,6 +191,7 @@ class LionSelfAttention(LionMixer):
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=HEADS_LAYER_NORM_EPS) if config.layer_norm_after else None
 
     def forward(self, hidden_states, key_padding_mask=None, output_attentions=False):
+        hidden_states = shared_autocast_input(hidden_states)  # the residual keeps its own dtype (LionAttention)
         q, k, v = (self.split_heads(proj(hidden_states)) for proj in (self.query, self.key, self.value))
         context, weights = self.mix(
             q, k, v, hidden_states, key_padding_mask=key_padding_mask, output_attentions=output_attentions
@@ -330,6 +342,7 @@ class LionVisionAttention(LionMixer):
 
     def forward(self, hidden_states, orders=None, num_prefix_tokens=1, output_attentions=False):
         batch, length, _ = hidden_states.shape
+        hidden_states = shared_autocast_input(hidden_states)  # LION-S's gate reads it too
         qkv = self.qkv(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
         # Views, no copy: the fused kernels read the heads in place (the PyTorch forms copy them).
         q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))

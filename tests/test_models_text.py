@@ -391,3 +391,68 @@ def test_text_head_rejects_vision_config(head):
     config = LionConfig(modality="vision", hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
     with pytest.raises(ValueError, match=re.escape(f"{head.__name__} needs config.modality='text', got 'vision'")):
         head(config)
+
+
+def _saved_activations(model, projections: tuple[str, ...], run) -> dict[str, list[torch.Tensor]]:
+    """Per layer, the activations that its ``projections`` (linear layers, by attribute name) saved for the
+    backward while ``run()`` ran the forward pass: tensors of the size of the layer's hidden states."""
+    hidden = model.config.hidden_size
+    current, saved = [], {}
+
+    def enter(name):
+        return lambda module, args: current.append((name, args[0].numel()))
+
+    def leave(module, args, output):
+        current.pop()
+
+    handles = []
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in projections:
+            handles.append(module.register_forward_pre_hook(enter(name)))
+            handles.append(module.register_forward_hook(leave))
+
+    def pack(t):
+        if current and t.numel() == current[-1][1] and t.shape[-1] == hidden:
+            layer = current[-1][0].rsplit(".", 2)[0]
+            saved.setdefault(layer, []).append(t)
+        return t
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return saved
+
+
+@pytest.mark.parametrize("modality", ["text", "vision"])
+def test_projections_of_one_input_keep_one_autocast_copy_of_it_for_the_backward(modality):
+    """Autocast casts an activation for every linear layer that reads it, and each keeps its copy: the query, key,
+    value and LION-S gate projections share one copy instead (one activation per layer, not three or four)."""
+    from helpers import tiny_vision_config
+
+    if modality == "text":
+        model = build(LionForMaskedLM, tiny_text_config("s")).train()
+        projections = ("query", "key", "value", "decay_gate")
+        ids = token_ids(2, 20)
+
+        def run():
+            return model(input_ids=ids, labels=ids).loss
+    else:
+        from lion_hf import LionForImageClassification
+
+        model = build(LionForImageClassification, tiny_vision_config(variant="s")).train()
+        projections = ("qkv", "decay_gate")
+        pixels = torch.randn(2, 3, 16, 16)
+
+        def run():
+            return model(pixel_values=pixels, labels=torch.tensor([0, 1])).loss
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        saved = _saved_activations(model, projections, run)
+    assert len(saved) == model.config.num_hidden_layers
+    for layer, tensors in saved.items():
+        assert len(tensors) == len(projections), layer
+        assert {t.untyped_storage().data_ptr() for t in tensors} == {tensors[0].untyped_storage().data_ptr()}, layer
+        assert all(t.dtype == torch.bfloat16 for t in tensors), layer
