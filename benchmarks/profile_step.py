@@ -1,7 +1,9 @@
-"""Where one eager training step of ViT-B/16 spends its time: host, GPU, and the GPU's time per kernel.
+"""Where one training step of ViT-B/16 (or of BERT-base MLM) spends its time: host, GPU, and the GPU's time per
+kernel.
 
     python -m benchmarks.profile_step [--models timm,lit,d,s,d-snake] [--batch 64] [--out profile.json] [--python N]
                                       [--compile [MODE]] [--rounds 20]
+    python -m benchmarks.profile_step --task mlm [--models bert,lit,d,s] [--seq 128] [--batch 128] ...
 
 The models' steps are timed in interleaved rounds (every model once per round, all of them built and warmed up
 first), since a GPU machine's host speed can drift by tens of percent within minutes: ``wall`` is the median step
@@ -32,8 +34,8 @@ import warnings
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from .models import comma_separated, lion_vision, timm_available, timm_vit, vit_sdpa
-from .suites import VIT_B
+from .models import bert_sdpa, comma_separated, lion_mlm, lion_vision, timm_available, timm_vit, vit_sdpa
+from .suites import BERT_BASE, VIT_B, mlm_inputs
 
 MODELS = {
     "timm": ("timm ViT", None, None),
@@ -44,6 +46,9 @@ MODELS = {
     "d-snake": ("LION-D snake", "d", "snake"),
     "s-snake": ("LION-S snake", "s", "snake"),
 }
+# ``--task mlm``: BERT-base-shaped masked-LM models, their attention dropout included (as the ``mlm`` group).
+TEXT_MODELS = {"bert": ("BERT SDPA", None), "lit": ("LION-LIT", "lit"), "d": ("LION-D", "d"), "s": ("LION-S", "s")}
+TASKS = {"vit": (MODELS, 64), "mlm": (TEXT_MODELS, 128)}  # the task's models and its default batch
 GROUPS = (
     ("lion kernels", ("_forward_kernel", "_backward_q_kernel", "_backward_kv_kernel", "_chunk", "_states")),
     ("attention", ("flash", "fmha", "attention", "attn")),
@@ -51,13 +56,27 @@ GROUPS = (
 )
 
 
-def build(key: str, device: torch.device):
+def build(key: str, task: str, device: torch.device):
+    if task == "mlm":
+        return bert_sdpa(BERT_BASE, device) if key == "bert" else lion_mlm(BERT_BASE, TEXT_MODELS[key][1], device)
     _, variant, order = MODELS[key]
     if key == "timm":
         return timm_vit(VIT_B, device)
     if key == "vit":
         return vit_sdpa(VIT_B, device)
     return lion_vision(VIT_B, variant, order, device)
+
+
+def task_inputs(task: str, batch: int, length: int, device: torch.device) -> dict:
+    """A fixed batch of the task: random images and labels, or a masked-LM batch of ``length`` tokens."""
+    if task == "mlm":
+        return mlm_inputs(BERT_BASE, length, batch, device)
+    pixels = torch.randn(batch, 3, VIT_B.image_size, VIT_B.image_size, device=device)
+    return {"pixel_values": pixels, "labels": torch.randint(0, VIT_B.num_labels, (batch,), device=device)}
+
+
+def describe(task: str, batch: int, length: int) -> str:
+    return f"BERT-base MLM, seq {length}, batch {batch}" if task == "mlm" else f"ViT-B/16, batch {batch}"
 
 
 def group_of(kernel: str) -> str:
@@ -72,19 +91,19 @@ TIMED_STEPS = 10
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def training_step(key: str, batch: int, device: torch.device, compile_mode: str | None):
-    """One bf16 training step (AdamW) of model ``key`` on fixed random images, warmed up; ``compile_mode``: a
-    ``torch.compile`` mode, or ``None`` for eager."""
-    model = build(key, device).train()
+def training_step(key: str, workload: tuple[str, int, int], device: torch.device, compile_mode: str | None):
+    """One bf16 training step (AdamW) of model ``key`` on a fixed batch of ``workload`` (task, batch, length),
+    warmed up; ``compile_mode``: a ``torch.compile`` mode, or ``None`` for eager."""
+    task, batch, length = workload
+    model = build(key, task, device).train()
     if compile_mode is not None:
         model = torch.compile(model, mode=compile_mode)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    pixels = torch.randn(batch, 3, VIT_B.image_size, VIT_B.image_size, device=device)
-    labels = torch.randint(0, VIT_B.num_labels, (batch,), device=device)
+    inputs = task_inputs(task, batch, length, device)
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(pixel_values=pixels, labels=labels).loss
+            loss = model(**inputs).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -106,11 +125,11 @@ def timed_step(step) -> tuple[float, float]:
 
 
 def interleaved_times(
-    keys: list[str], batch: int, device: torch.device, compile_mode: str | None, rounds: int
+    keys: list[str], workload: tuple[str, int, int], device: torch.device, compile_mode: str | None, rounds: int
 ) -> list[dict]:
     """Per model: the median ``wall_ms`` and ``host_ms`` over ``rounds`` rounds that step every model once in turn,
     and ``wall_ratio``, the median of its wall time over the first model's in the same round."""
-    steps = [training_step(key, batch, device, compile_mode) for key in keys]
+    steps = [training_step(key, workload, device, compile_mode) for key in keys]
     times = [[timed_step(step) for step in steps] for _ in range(rounds)]
     return [
         {
@@ -123,9 +142,10 @@ def interleaved_times(
 
 
 def profile_model(
-    key: str, batch: int, device: torch.device, python_rows: int = 0, compile_mode: str | None = None
-) -> dict:
-    step = training_step(key, batch, device, compile_mode)
+    key: str, workload: tuple[str, int, int], device: torch.device, python_rows: int = 0,
+    compile_mode: str | None = None,
+) -> dict:  # fmt: skip
+    step = training_step(key, workload, device, compile_mode)
     torch.cuda.reset_peak_memory_stats()
     for _ in range(TIMED_STEPS):
         step()
@@ -169,9 +189,11 @@ def profile_model(
     del step
     torch.cuda.empty_cache()
     return {
-        "model": MODELS[key][0],
+        "model": TASKS[workload[0]][0][key][0],
+        "task": workload[0],
+        "seq_len": workload[2] if workload[0] == "mlm" else None,
         "compile_mode": compile_mode,
-        "batch": batch,
+        "batch": workload[1],
         "gpu_ms": sum(groups.values()),
         "peak_mb": peak_mb,
         "syncs": syncs,
@@ -183,11 +205,14 @@ def profile_model(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", choices=TASKS, default="vit", help="vit (default) or mlm")
     parser.add_argument(
-        "--models", type=comma_separated(MODELS), default="timm,lit,d,s,d-snake",
-        help=f"comma-separated, of {', '.join(MODELS)}",
+        "--models", type=comma_separated({**MODELS, **TEXT_MODELS}), default=None,
+        help=f"comma-separated; vit: {', '.join(MODELS)} (default timm,lit,d,s,d-snake); mlm: "
+        f"{', '.join(TEXT_MODELS)} (default all)",
     )  # fmt: skip
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=None, help="default 64 (vit), 128 (mlm)")
+    parser.add_argument("--seq", type=int, default=128, help="tokens per sequence (mlm; default 128)")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--python", type=int, default=0, metavar="N", help="list the N costliest Python functions")
     parser.add_argument(
@@ -199,21 +224,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
-    keys = args.models
+    known, default_batch = TASKS[args.task]
+    keys = args.models or (["timm", "lit", "d", "s", "d-snake"] if args.task == "vit" else list(TEXT_MODELS))
+    wrong = [key for key in keys if key not in known]
+    if wrong:
+        parser.error(f"models {wrong} are not models of --task {args.task}; choose from {', '.join(known)}")
+    workload = (args.task, args.batch or default_batch, args.seq)
     if not torch.cuda.is_available():
         parser.error("profiling a step needs a CUDA device")
     if "timm" in keys and not timm_available():
         parser.error("timm is not installed (drop 'timm' from --models)")
     device = torch.device("cuda")
-    times = interleaved_times(keys, args.batch, device, args.compile, args.rounds)
+    times = interleaved_times(keys, workload, device, args.compile, args.rounds)
     torch.cuda.empty_cache()
     results = []
     for key, timing in zip(keys, times):
-        result = {**profile_model(key, args.batch, device, args.python, args.compile), **timing}
+        result = {**profile_model(key, workload, device, args.python, args.compile), **timing}
         results.append(result)
         groups = ", ".join(f"{group} {ms:.2f}" for group, ms in sorted(result["gpu_ms_by_group"].items()))
         print(
-            f"\n{result['model']}{'' if args.compile is None else f' compiled ({args.compile})'} (ViT-B/16, batch {args.batch}): wall {result['wall_ms']:.2f} ms "
+            f"\n{result['model']}{'' if args.compile is None else f' compiled ({args.compile})'} ({describe(*workload)}): wall {result['wall_ms']:.2f} ms "
             f"({result['wall_ratio']:.2f}x the first), host {result['host_ms']:.2f} ms, GPU {result['gpu_ms']:.2f} ms ({groups}), "
             f"peak {result['peak_mb']:.0f} MB; {len(result['syncs'])} syncs {result['syncs'][:3]}",
             flush=True,

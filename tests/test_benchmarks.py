@@ -156,6 +156,8 @@ def test_profile_step_groups_kernels_and_refuses_what_it_cannot_run(capsys):
         (["--models", "lit"], "profiling a step needs a CUDA device"),
         (["--models", "lit", "--rounds", "0"], "--rounds must be at least 1, got 0"),
         (["--models", "lit", "--compile", "fast"], "argument --compile: invalid choice: 'fast'"),
+        (["--task", "mlm", "--models", "bert,timm"], "models ['timm'] are not models of --task mlm"),
+        (["--models", "bert"], "models ['bert'] are not models of --task vit"),
     ]:
         with pytest.raises(SystemExit) as raised:
             profile_step.main(argv)
@@ -176,7 +178,7 @@ def test_profile_step_rounds_step_every_model_in_turn_and_take_the_median_of_the
         return wall / 2, wall
 
     monkeypatch.setattr(profile_step, "timed_step", timed_step)
-    timm, lit = profile_step.interleaved_times(["timm", "lit"], 8, None, None, rounds=3)
+    timm, lit = profile_step.interleaved_times(["timm", "lit"], ("vit", 8, 0), None, None, rounds=3)
     assert stepped == ["timm", "lit"] * 3
     assert (timm["wall_ms"], timm["host_ms"], timm["wall_ratio"]) == (2000.0, 1000.0, 1.0)
     # The rounds' ratios are 5, 1.5 and 0.4: their median, not the ratio of the medians (4 / 2).
