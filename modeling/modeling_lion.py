@@ -109,9 +109,10 @@ class LionMixer(nn.Module):
         eps = self.config.selective_gate_eps
         log_a = torch.log(1 - torch.sigmoid(z) + eps) if eps > 0 else F.logsigmoid(-z)
         if num_prefix_tokens:
-            # Special tokens (class, distillation) do not decay what passes them. (In place: neither log nor
-            # logsigmoid keeps its output for the backward pass.)
-            log_a[:, :num_prefix_tokens] = 0
+            # Special tokens (class, distillation) do not decay what passes them: zeros in front of the patches'
+            # log-decays, out of place (filling them in place made the backward copy the whole tensor, in six
+            # operations where these take two).
+            log_a = F.pad(log_a[:, num_prefix_tokens:], (0, 0, 0, 0, num_prefix_tokens, 0))
         return list(log_a.permute(2, 0, 3, 1).unbind(0))
 
     def mix(
