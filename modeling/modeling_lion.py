@@ -103,7 +103,7 @@ class LionMixer(nn.Module):
         if self.config.variant == "lit":
             return None
         if self.config.variant == "d":
-            log_a = F.logsigmoid(self.decay_logits.float())
+            log_a = F.logsigmoid(as_dtype(self.decay_logits, torch.float32))
             return list(log_a.view(-1, 1, self.num_heads, 1).expand(-1, -1, -1, length).unbind(0))
         z = self.decay_gate(gate_input).float().view(batch, length, self.config.num_paths, self.num_heads)
         eps = self.config.selective_gate_eps
