@@ -48,7 +48,11 @@ MODELS = {
 }
 # ``--task mlm``: BERT-base-shaped masked-LM models, their attention dropout included (as the ``mlm`` group).
 TEXT_MODELS = {"bert": ("BERT SDPA", None), "lit": ("LION-LIT", "lit"), "d": ("LION-D", "d"), "s": ("LION-S", "s")}
-TASKS = {"vit": (MODELS, 64), "mlm": (TEXT_MODELS, 128)}  # the task's models and its default batch
+# Per task: its models, the ones profiled by default, its default batch.
+TASKS = {
+    "vit": (MODELS, ["timm", "lit", "d", "s", "d-snake"], 64),
+    "mlm": (TEXT_MODELS, list(TEXT_MODELS), 128),
+}
 GROUPS = (
     ("lion kernels", ("_forward_kernel", "_backward_q_kernel", "_backward_kv_kernel", "_chunk", "_states")),
     ("attention", ("flash", "fmha", "attention", "attn")),
@@ -208,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", choices=TASKS, default="vit", help="vit (default) or mlm")
     parser.add_argument(
         "--models", type=comma_separated({**MODELS, **TEXT_MODELS}), default=None,
-        help=f"comma-separated; vit: {', '.join(MODELS)} (default timm,lit,d,s,d-snake); mlm: "
-        f"{', '.join(TEXT_MODELS)} (default all)",
+        help="comma-separated; " + "; ".join(
+            f"{task}: {', '.join(models)} (default {','.join(chosen)})" for task, (models, chosen, _) in TASKS.items()
+        ),
     )  # fmt: skip
     parser.add_argument("--batch", type=int, default=None, help="default 64 (vit), 128 (mlm)")
     parser.add_argument("--seq", type=int, default=128, help="tokens per sequence (mlm; default 128)")
@@ -224,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
-    known, default_batch = TASKS[args.task]
-    keys = args.models or (["timm", "lit", "d", "s", "d-snake"] if args.task == "vit" else list(TEXT_MODELS))
+    known, default_models, default_batch = TASKS[args.task]
+    keys = args.models or default_models
     wrong = [key for key in keys if key not in known]
     if wrong:
         parser.error(f"models {wrong} are not models of --task {args.task}; choose from {', '.join(known)}")
@@ -242,10 +247,11 @@ def main(argv: list[str] | None = None) -> int:
         result = {**profile_model(key, workload, device, args.python, args.compile), **timing}
         results.append(result)
         groups = ", ".join(f"{group} {ms:.2f}" for group, ms in sorted(result["gpu_ms_by_group"].items()))
+        compiled = "" if args.compile is None else f" compiled ({args.compile})"
         print(
-            f"\n{result['model']}{'' if args.compile is None else f' compiled ({args.compile})'} ({describe(*workload)}): wall {result['wall_ms']:.2f} ms "
-            f"({result['wall_ratio']:.2f}x the first), host {result['host_ms']:.2f} ms, GPU {result['gpu_ms']:.2f} ms ({groups}), "
-            f"peak {result['peak_mb']:.0f} MB; {len(result['syncs'])} syncs {result['syncs'][:3]}",
+            f"\n{result['model']}{compiled} ({describe(*workload)}): wall {result['wall_ms']:.2f} ms "
+            f"({result['wall_ratio']:.2f}x the first), host {result['host_ms']:.2f} ms, GPU {result['gpu_ms']:.2f} ms "
+            f"({groups}), peak {result['peak_mb']:.0f} MB; {len(result['syncs'])} syncs {result['syncs'][:3]}",
             flush=True,
         )
         for row in result["kernels"][:10]:

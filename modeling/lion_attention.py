@@ -209,7 +209,7 @@ def lion_attention(
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}.")
     _check_shapes(q, k, v, log_decays, orders, key_padding_mask)
     key_padding_mask = _boolean_mask(key_padding_mask, check_values)
-    dtype = _compute_dtype(q)
+    dtype = compute_dtype(q)
     q, k, v = (as_dtype(t, dtype) for t in (q, k, v))
     if orders is None and log_decays is not None:
         orders = [None] * len(log_decays)
@@ -286,7 +286,7 @@ def lion_attention_weights(
     """
     check_choice("feature_map", feature_map, FEATURE_MAP_FUNCTIONS)
     log_decays, key_padding_mask = _checked_inputs(q, k, k, log_decays, orders, key_padding_mask, check_values)
-    dtype = _compute_dtype(q)
+    dtype = compute_dtype(q)
     mask_dtype = _mask_dtype(dtype)
     q, k = feature_maps(feature_map, q.to(dtype), k.to(dtype), scale, backend="pytorch")
     scores = q.to(mask_dtype) @ k.to(mask_dtype).transpose(-1, -2)
@@ -520,7 +520,8 @@ def as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
-def _compute_dtype(q: torch.Tensor) -> torch.dtype:
+def compute_dtype(q: torch.Tensor) -> torch.dtype:
+    """The dtype ``q`` is computed in: autocast's where autocast would cast it (float64 it leaves alone)."""
     if q.dtype == torch.float64:
         return q.dtype
     if torch.is_autocast_enabled(q.device.type):

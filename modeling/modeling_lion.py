@@ -33,6 +33,7 @@ from .lion_attention import (
     as_dtype,
     check_attention_settings,
     check_that,
+    compute_dtype,
     is_compiling,
     lion_attention,
     lion_attention_weights,
@@ -76,10 +77,7 @@ def shared_autocast_input(x: torch.Tensor) -> torch.Tensor:
     """``x`` cast once to the autocast dtype (when autocast would cast it), so that the projections that all read
     ``x`` read, and keep for their backward, one copy: autocast casts an activation for every operation that
     reads it, and every linear layer saves the copy it was given."""
-    device = x.device.type
-    if not torch.is_autocast_enabled(device) or x.dtype == torch.float64 or not x.is_floating_point():
-        return x
-    return as_dtype(x, torch.get_autocast_dtype(device))
+    return as_dtype(x, compute_dtype(x))
 
 
 class LionMixer(nn.Module):
@@ -109,10 +107,9 @@ class LionMixer(nn.Module):
         eps = self.config.selective_gate_eps
         log_a = torch.log(1 - torch.sigmoid(z) + eps) if eps > 0 else F.logsigmoid(-z)
         if num_prefix_tokens:
-            # Special tokens (class, distillation) do not decay what passes them: zeros in front of the patches'
-            # log-decays, out of place (filling them in place made the backward copy the whole tensor, in six
-            # operations where these take two).
-            log_a = F.pad(log_a[:, num_prefix_tokens:], (0, 0, 0, 0, num_prefix_tokens, 0))
+            # Special tokens (class, distillation) do not decay what passes them. (In place: neither log nor
+            # logsigmoid keeps its output for the backward pass.)
+            log_a[:, :num_prefix_tokens] = 0
         return list(log_a.permute(2, 0, 3, 1).unbind(0))
 
     def mix(

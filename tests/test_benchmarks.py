@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -235,3 +236,28 @@ def test_memory_peak_replays_the_allocators_trace_and_names_the_allocating_lines
     with pytest.raises(SystemExit):
         memory_peak.main(["--models", "bert"])
     assert "recording the allocator needs a CUDA device" in capsys.readouterr().err
+
+
+def test_operator_host_counts_the_host_operations_of_every_operator_and_times_only_on_a_gpu(capsys):
+    # A process of its own: --count replaces the kernels' launches for good.
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.operator_host", "--count"],
+        cwd=REPO, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    totals = {}
+    for line in result.stdout.splitlines():
+        name, forward, backward, total = re.fullmatch(
+            r"(\S+)\s+(\d+) aten ops forward,\s+(\d+) backward,\s+(\d+) in all", line
+        ).groups()
+        assert int(forward) + int(backward) == int(total) and int(forward) > 0 and int(backward) > 0
+        totals[name] = int(total)
+    assert list(totals) == ["SDPA", "LION-LIT", "LION-D", "LION-S"]
+    # The decays add host work: LION-D's closed form and LION-S's running sums on top of LION-LIT's.
+    assert totals["SDPA"] < totals["LION-LIT"] < totals["LION-D"] < totals["LION-S"]
+    from benchmarks import operator_host
+
+    with pytest.raises(SystemExit) as raised:
+        operator_host.main([])
+    assert raised.value.code == 2
+    assert "timing the host needs a CUDA device (--count runs on the CPU)" in capsys.readouterr().err
