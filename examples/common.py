@@ -16,6 +16,7 @@ from pathlib import Path
 import datasets
 import evaluate
 import huggingface_hub
+import torch
 import transformers
 from transformers import CONFIG_MAPPING, AutoConfig, AutoTokenizer, PretrainedConfig
 from transformers.trainer_utils import get_last_checkpoint
@@ -122,11 +123,19 @@ def parse_arguments(argument_classes: tuple, argv: list[str] | None):
 
 
 def run(main) -> None:
-    """Run a script's ``main``; bad input ends it with the message alone and exit status 2."""
+    """Run a script's ``main``; bad input ends it with the message alone and exit status 2.
+
+    After a run that succeeded, the process group that ``Trainer`` started under ``accelerate launch`` or
+    ``torchrun`` is destroyed before the interpreter shuts down: left to the interpreter's exit, gloo's worker
+    threads can abort the process (``terminate called without an active exception``) after training went
+    well. After a failure it is left alone, since destroying it can wait on processes that are stuck.
+    """
     try:
         main()
     except InputError as error:
         raise SystemExit(f"error: {error}") from None
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def setup_logging(training_args, script_logger: logging.Logger) -> None:

@@ -21,6 +21,7 @@ from examples_support import CPU_RUN, EXAMPLES, TINY_TEXT_SHAPE, read_json
 from safetensors.torch import load_file
 
 import run_mlm
+from common import InputError, run
 from lion_hf import LionConfig, LionForImageClassification, LionForMaskedLM
 
 STEPS = 3
@@ -67,6 +68,32 @@ def test_two_processes_train_as_one_process_with_the_same_global_batch(tmp_path,
     for name, value in checkpoint.state_dict().items():
         if name in final_two:
             torch.testing.assert_close(value, final_two[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.fixture
+def process_group(tmp_path):
+    """A one-process gloo group, as ``Trainer`` starts one in each process under ``accelerate launch``."""
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    yield
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def test_a_script_that_finished_destroys_its_process_group_before_the_interpreter_exits(process_group):
+    seen = []
+    run(lambda: seen.append(torch.distributed.is_initialized()))
+    assert seen == [True] and not torch.distributed.is_initialized()
+
+
+def test_a_script_that_failed_leaves_its_process_group_alone(process_group):
+    def main():
+        raise InputError("no such column")
+
+    with pytest.raises(SystemExit, match="error: no such column"):
+        run(main)
+    assert torch.distributed.is_initialized()
 
 
 @pytest.mark.parametrize("name, layer", [("fsdp_text.yaml", "LionTextLayer"), ("fsdp_vision.yaml", "LionVisionLayer")])
