@@ -313,7 +313,10 @@ class AttentionImplementation:
     -1000 and finite outside each row's run of real tokens (see "Padding" in the module docstring), ``orders`` as
     one entry (a permutation or ``None``) per path, a boolean ``key_padding_mask`` or ``None``, and a
     ``dropout_p`` that is already 0 outside training.
-    ``unsupported`` takes the same arguments and returns why it cannot run them, or ``None`` when it can.
+    ``unsupported`` takes the same arguments and returns why it cannot run them, or ``None`` when it can; it may
+    read only what ``_selection_key`` holds (the device, dtype and shapes of the inputs, the number of paths, the
+    options, ``$TRITON_INTERPRET``, ``CHUNK_KERNELS_FROM_LENGTH``), since the choice is kept for inputs alike in
+    these.
     With ``maps_features``, ``run`` gets ``q``, ``k`` and ``v`` as given (any strides), ``q`` and ``k`` before the
     feature map, and the keyword arguments ``feature_map`` and ``scale`` too. With ``bounds_decays``, it gets the
     log-decays unbounded when the caller passed ``check_values=False`` (a valid ``key_padding_mask`` is then its
@@ -329,8 +332,38 @@ class AttentionImplementation:
 
 
 def select_implementation(form: str, backend: str, *args, **options) -> AttentionImplementation:
-    """The implementation that runs ``form`` for these inputs (the arguments of ``AttentionImplementation.run``)."""
+    """The implementation that runs ``form`` for these inputs (the arguments of ``AttentionImplementation.run``).
+
+    The choice is kept per kind of inputs (``_selection_key``): a model asks for the same one in every layer and
+    step, and asking every implementation again took several microseconds of host time per call. (Not while
+    torch.compile traces, which asks once per graph.)
+    """
     backend = resolved_backend(backend)
+    if is_compiling():
+        return _first_that_runs(form, backend, *args, **options)
+    key = _selection_key(form, backend, *args, **options)
+    table, implementation = _SELECTED.get(key, (None, None))
+    if table is not IMPLEMENTATIONS:  # also when the table was replaced (tests do)
+        implementation = _first_that_runs(form, backend, *args, **options)
+        if len(_SELECTED) >= _MAX_SELECTED:
+            _SELECTED.clear()
+        _SELECTED[key] = IMPLEMENTATIONS, implementation
+    return implementation
+
+
+def _selection_key(form, backend, q, k, v, log_decays, orders, **options) -> tuple:
+    return (
+        form, backend, q.device.type, q.dtype, q.shape, v.shape, 0 if log_decays is None else len(log_decays),
+        options["chunk_size"], options["dropout_p"] > 0.0, os.environ.get("TRITON_INTERPRET"),
+        CHUNK_KERNELS_FROM_LENGTH,
+    )  # fmt: skip
+
+
+_SELECTED: dict = {}
+_MAX_SELECTED = 1024
+
+
+def _first_that_runs(form: str, backend: str, *args, **options) -> AttentionImplementation:
     reasons = []
     for implementation in IMPLEMENTATIONS:
         if implementation.form != form or backend not in ("auto", implementation.backend):

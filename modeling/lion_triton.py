@@ -544,17 +544,28 @@ def _blocks(kernel: str, length: int, dtype: torch.dtype) -> dict:
     return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
 
 
-def _flags(q, v, positions, distance, u_lo, padding, dropout_p, normalize) -> dict:
+def _meta(kernel: str, q, v, positions, distance, u_lo, padding, dropout_p, normalize) -> dict:
+    """The constexprs and launch settings of ``kernel`` for these inputs (see ``_blocks``)."""
+    return _meta_of(
+        kernel, q.shape[2], q.dtype, q.shape[-1], v.shape[-1], 0 if positions is None else positions.shape[0],
+        distance is not None, u_lo is not None, padding is not None, dropout_p > 0.0, normalize,
+    )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1024)
+def _meta_of(kernel, length, dtype, dim, value_dim, paths, distance, low_parts, padding, dropout, normalize) -> dict:
+    # Kept per kind of call (shared, never changed by the callers): a step asks for the same few in every layer.
     return dict(
-        NUM_PATHS=0 if positions is None else positions.shape[0],
-        DISTANCE=distance is not None,
-        HAS_LO=u_lo is not None,
-        HAS_PAD=padding is not None,
-        DROPOUT=dropout_p > 0.0,
+        NUM_PATHS=paths,
+        DISTANCE=distance,
+        HAS_LO=low_parts,
+        HAS_PAD=padding,
+        DROPOUT=dropout,
         NORMALIZE=normalize,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        BLOCK_D=max(16, next_power_of_2(q.shape[-1])),
-        BLOCK_DV=max(16, next_power_of_2(v.shape[-1])),
+        PRECISION="ieee" if dtype == torch.float32 else "tf32",
+        BLOCK_D=max(16, next_power_of_2(dim)),
+        BLOCK_DV=max(16, next_power_of_2(value_dim)),
+        **_blocks(kernel, length, dtype),
     )
 
 
@@ -616,14 +627,14 @@ def _forward(q, k, v, padding, positions, distance, u, w, u_lo, w_lo, seed, drop
     (q, k), v = _readable(q, k), _last_dim_contiguous(v)
     out = _output(q, v)
     z = torch.empty(batch, heads, length if normalize else 0, device=q.device, dtype=torch.float32)
-    config = _blocks("forward", length, q.dtype)
+    meta = _meta("forward", q, v, positions, distance, u_lo, padding, dropout_p, normalize)
     path_stride, batch_stride = _decay_strides(distance, u)
     threshold, drop_scale = _dropout_arguments(dropout_p)
     launch(
-        _forward_kernel, (cdiv(length, config["BLOCK_M"]), batch * heads),
+        _forward_kernel, (cdiv(length, meta["BLOCK_M"]), batch * heads),
         q, k, v, out, z if normalize else q, *_pointers(q, padding, positions, distance, u, w, u_lo, w_lo, seed),
         heads, length, dim, value_dim, *_strides(q, v, out), path_stride, batch_stride, eps, scale, threshold,
-        drop_scale, **_flags(q, v, positions, distance, u_lo, padding, dropout_p, normalize), **config,
+        drop_scale, **meta,
     )  # fmt: skip
     return out, z
 
@@ -656,23 +667,22 @@ def _backward(
         inv = delta = z = q
     path_stride, batch_stride = _decay_strides(distance, u)
     threshold, drop_scale = _dropout_arguments(dropout_p)
-    flags = _flags(q, v, positions, distance, u_lo, padding, dropout_p, normalize)
     pointers = _pointers(q, padding, positions, distance, u, w, u_lo, w_lo, seed)
     strides = _strides(q, raw_q, v, out)
-    config = _blocks("backward_q", length, q.dtype)
+    meta = _meta("backward_q", q, v, positions, distance, u_lo, padding, dropout_p, normalize)
     launch(
-        _backward_q_kernel, (cdiv(length, config["BLOCK_M"]), batch * heads),
+        _backward_q_kernel, (cdiv(length, meta["BLOCK_M"]), batch * heads),
         q, k, raw_q, v, out, z, dy, inv, delta, dq, *_present(q, grad_u, grad_w), *pointers,
         heads, length, dim, value_dim, *strides, path_stride, batch_stride, eps, scale, threshold, drop_scale,
-        FEATURE=feature, **flags, **config,
+        FEATURE=feature, **meta,
     )  # fmt: skip
     # After the query kernel on the same stream: it reads the normaliser terms and row sums that kernel left.
-    config = _blocks("backward_kv", length, q.dtype)
+    meta = _meta("backward_kv", q, v, positions, distance, u_lo, padding, dropout_p, normalize)
     launch(
-        _backward_kv_kernel, (cdiv(length, config["BLOCK_N"]), batch * heads),
+        _backward_kv_kernel, (cdiv(length, meta["BLOCK_N"]), batch * heads),
         q, k, raw_k, v, dy, inv, delta, dk, dv, *_present(q, grad_u, grad_w), *pointers,
         heads, length, dim, value_dim, *strides, path_stride, batch_stride, scale, threshold, drop_scale,
-        FEATURE=feature, **flags, **config,
+        FEATURE=feature, **meta,
     )  # fmt: skip
     return dq, dk, dv, grad_u, grad_w
 

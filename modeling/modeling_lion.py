@@ -89,6 +89,16 @@ class LionMixer(nn.Module):
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.scale = self.head_dim**-0.5
+        # The architecture's settings, read once: a transformers config attribute costs about 40 plain ones, and
+        # every layer would read these on every call. The form, chunk size and backend are read on each call
+        # from the config, where set_attention_form and users switch them.
+        self.variant, self.num_paths = config.variant, config.num_paths
+        self.gate_eps = config.selective_gate_eps
+        self.attention_dropout = config.attention_probs_dropout_prob
+        self.operator_options = dict(
+            feature_map=config.feature_map, scale=self.scale, normalize=config.normalize_attention,
+            eps=config.attention_eps,
+        )  # fmt: skip
         if config.variant == "d":
             # One decay logit per path and head: a = sigmoid(decay_logits).
             self.decay_logits = nn.Parameter(torch.empty(config.num_paths, self.num_heads))
@@ -98,13 +108,13 @@ class LionMixer(nn.Module):
 
     def log_decays(self, gate_input: torch.Tensor, num_prefix_tokens: int) -> list[torch.Tensor] | None:
         batch, length = gate_input.shape[:2]
-        if self.config.variant == "lit":
+        if self.variant == "lit":
             return None
-        if self.config.variant == "d":
+        if self.variant == "d":
             log_a = F.logsigmoid(as_dtype(self.decay_logits, torch.float32))
             return list(log_a.view(-1, 1, self.num_heads, 1).expand(-1, -1, -1, length).unbind(0))
-        z = self.decay_gate(gate_input).float().view(batch, length, self.config.num_paths, self.num_heads)
-        eps = self.config.selective_gate_eps
+        z = self.decay_gate(gate_input).float().view(batch, length, self.num_paths, self.num_heads)
+        eps = self.gate_eps
         log_a = torch.log(1 - torch.sigmoid(z) + eps) if eps > 0 else F.logsigmoid(-z)
         if num_prefix_tokens:
             # Special tokens (class, distillation) do not decay what passes them. (In place: neither log nor
@@ -118,35 +128,28 @@ class LionMixer(nn.Module):
         """``q, k``: ``(B, H, N, D)`` after the feature map, ``v`` likewise; returns ``(B, N, H * D)`` and, when
         ``output_attentions``, the masked (and, where the model normalises, row-normalised) scores ``(B, H, N, N)``.
         ``q`` and ``k`` enter before the feature map, which the operator applies (in its kernels where it can)."""
-        config = self.config
-        dropout = config.attention_probs_dropout_prob if self.training else 0.0
-        if dropout > 0 and config.attention_form != "parallel" and not is_compiling():
+        form = self.config.attention_form
+        dropout = self.attention_dropout if self.training else 0.0
+        if dropout > 0 and form != "parallel" and not is_compiling():
             logger.warning_once(
                 f"attention_probs_dropout_prob={dropout} is applied only in the 'parallel' form; the "
-                f"'{config.attention_form}' form trains without score dropout."
+                f"'{form}' form trains without score dropout."
             )
         log_decays = self.log_decays(gate_input, num_prefix_tokens)
         # Valid by construction: decays from logsigmoid / log(1 - sigmoid + eps), orders from snake_orders, and the
         # mask checked once per forward (_key_padding_mask); the operator need not read them back on the host.
-        options = dict(
-            feature_map=config.feature_map,
-            scale=self.scale,
-            normalize=config.normalize_attention,
-            eps=config.attention_eps,
-            key_padding_mask=key_padding_mask,
-            check_values=False,
-        )
+        options = dict(self.operator_options, key_padding_mask=key_padding_mask, check_values=False)
         out = lion_attention(
             q,
             k,
             v,
             log_decays,
             orders,
-            form=config.attention_form,
-            chunk_size=config.chunk_size,
+            form=form,
+            chunk_size=self.config.chunk_size,
             dropout_p=dropout,
             training=self.training,
-            backend=config.attention_backend,
+            backend=self.config.attention_backend,
             **options,
         )
         # The matrix that every form multiplies the values with, built on request only: it is N x N.

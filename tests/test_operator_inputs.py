@@ -119,6 +119,35 @@ def test_auto_takes_the_first_implementation_that_can_run_the_inputs(monkeypatch
     assert len(calls) == 2
 
 
+def test_the_choice_is_kept_for_inputs_alike_and_made_again_for_others(monkeypatch):
+    """The rules are asked once per kind of inputs (device, dtype, shapes, paths, options), not on every call."""
+    asked = []
+
+    def rule(q, k, v, log_decays, orders, **options):
+        asked.append((q.dtype, tuple(q.shape), options["chunk_size"]))
+        return None if q.dtype == torch.float32 else "float32 only"
+
+    fused = operator.AttentionImplementation("fused", "chunk", _recording("fused", "chunk", None, []).run, rule)
+    monkeypatch.setattr(operator, "ATTENTION_BACKENDS", ("auto", "pytorch", "fused"))
+    monkeypatch.setattr(operator, "IMPLEMENTATIONS", (fused, *operator.IMPLEMENTATIONS))
+    q, k, v = _tensors()
+
+    def chosen(q, chunk_size=4):
+        options = dict(chunk_size=chunk_size, normalize=False, eps=1e-6, key_padding_mask=None, dropout_p=0.0)
+        return operator.select_implementation("chunk", "auto", q, q, q, None, None, **options).backend
+
+    assert [chosen(q), chosen(q + 1), chosen(q.double()), chosen(q.double())] == ["fused", "fused", "pytorch", "pytorch"]
+    assert asked == [(torch.float32, (2, 3, 5, 4), 4), (torch.float64, (2, 3, 5, 4), 4)]
+    assert [chosen(q[:1]), chosen(q, chunk_size=2)] == ["fused", "fused"]
+    assert asked[2:] == [(torch.float32, (1, 3, 5, 4), 4), (torch.float32, (2, 3, 5, 4), 2)]
+    monkeypatch.setenv(operator.BACKEND_ENVIRONMENT_VARIABLE, "pytorch")
+    assert chosen(q) == "pytorch"
+    # A new table (as the tests above install) is asked afresh.
+    monkeypatch.setattr(operator, "IMPLEMENTATIONS", operator.IMPLEMENTATIONS[1:])
+    monkeypatch.delenv(operator.BACKEND_ENVIRONMENT_VARIABLE)
+    assert chosen(q) == "pytorch" and len(asked) == 4
+
+
 def test_a_bad_backend_environment_variable_is_named(monkeypatch):
     monkeypatch.setenv(operator.BACKEND_ENVIRONMENT_VARIABLE, "magic")
     q, k, v = _tensors()

@@ -121,7 +121,7 @@ def sweep() -> None:
         mask = None if normalize else torch.ones(batch, length, dtype=torch.bool, device="cuda")
         decays = [F.logsigmoid(gate[0])]
         terms = lion_triton._decay_terms(q, decays, [None], mask)
-        args = (q, k, v, mask, *terms, None, 0.0, normalize, 1e-6, lion_triton.FEATURE_MAPS["identity"], 1.0)
+        args = (q, k, v, mask, *terms, None, 0.0, normalize, 1e-6, 1.0)
         out, z = lion_triton._forward(*args)
         print(f"\nsweep {label}: (BLOCK_M, BLOCK_N, warps, stages) -> ms")
         for kernel, candidates in (("forward", FORWARD), ("backward_kv", KEYS), ("backward_q", QUERIES)):
@@ -129,6 +129,7 @@ def sweep() -> None:
             for block_m, block_n, warps, stages in candidates:
                 chosen = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
                 lion_triton._blocks = lambda name, *a, c=chosen, k=kernel: c if name == k else default(name, *a)
+                lion_triton._meta_of.cache_clear()  # it keeps what _blocks gave
                 try:
                     if kernel == "forward":
                         ms = bench(lambda: lion_triton._forward(*args))
@@ -139,6 +140,7 @@ def sweep() -> None:
                     print(f"  {kernel} {(block_m, block_n, warps, stages)}: {type(error).__name__} {str(error)[:80]}")
                 finally:
                     lion_triton._blocks = default
+                    lion_triton._meta_of.cache_clear()
             results.sort(key=lambda r: r[1])
             print(f"  {kernel}: " + ", ".join(f"{c} {ms:.3f}" for c, ms in results))
 
