@@ -1,6 +1,7 @@
 """Counts what one training step asks of the host: aten operations (torch.profiler), autograd nodes, Python calls
 (cProfile) and the step's time on the CPU, for tiny 12-layer ViTs: LION's variants and, as the reference,
-the same ViT with timm's block (fused qkv, SDPA) in plain PyTorch.
+timm's own ``VisionTransformer`` where timm is installed, then the same ViT with timm's block (fused qkv, SDPA)
+in plain PyTorch.
 
 Launch-bound eager steps move with these counts rather than with FLOPs; two checkouts compare exactly, on a CPU:
 
@@ -12,7 +13,9 @@ arguments) with every Triton launch replaced by a no-op, so the outputs are mean
 the host time mean anything; it sets ``TRITON_INTERPRET=1`` before Triton is imported, which is how the kernels
 take CPU tensors. The models' steps are timed in interleaved rounds and given as ratios to the first (the
 reference), which this machine's drift leaves nearly alone; they are a proxy for a GPU machine's host time, where
-every kernel launch costs more (benchmarks/NOTES.md compares the two).
+every kernel launch costs more. Against timm's model the ratios of ``--kernels`` came within 0.1 of the eager
+ViT-B/16 step's on an H200 machine, where every eager step was host-bound (benchmarks/NOTES.md, session 7); timm's
+model asks more of the host than the plain block (its identity and dropout modules).
 """
 
 from __future__ import annotations
@@ -67,10 +70,17 @@ def training_steps():
     """``(name, loss)`` for the reference ViT and every LION case; ``loss()`` runs one forward pass."""
     from lion_hf import LionConfig, LionForImageClassification
 
+    from .models import VisionShape, timm_available, timm_vit
+
     pixels, labels = torch.randn(2, 3, IMAGE, IMAGE), torch.tensor([1, 2])
     torch.manual_seed(0)
+    steps = []
+    if timm_available():
+        shape = VisionShape("tiny", WIDTH, LAYERS, HEADS, 4 * WIDTH, IMAGE, PATCH, LABELS)
+        timm_model = timm_vit(shape, torch.device("cpu")).train()
+        steps.append(("timm VisionTransformer", lambda: timm_model(pixels, labels).loss))
     reference = _ReferenceViT()
-    steps = [("ViT (SDPA, timm's block)", lambda: reference(pixels, labels))]
+    steps.append(("ViT (SDPA, timm's block)", lambda: reference(pixels, labels)))
     for variant, order in CASES:
         config = LionConfig(
             modality="vision", variant=variant, patch_order=order, hidden_size=WIDTH, num_hidden_layers=LAYERS,
