@@ -4,6 +4,7 @@ kernel.
     python -m benchmarks.profile_step [--models timm,lit,d,s,d-snake] [--batch 64] [--out profile.json] [--python N]
                                       [--compile [MODE]] [--rounds 20]
     python -m benchmarks.profile_step --task mlm [--models bert,lit,d,s] [--seq 128] [--batch 128] ...
+    python -m benchmarks.profile_step --task long_mlm [--seq 8192] [--batch 2] ...  # LION in the chunk form
 
 The models' steps are timed in interleaved rounds (every model once per round, all of them built and warmed up
 first), since a GPU machine's host speed can drift by tens of percent within minutes: ``wall`` is the median step
@@ -35,7 +36,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from .models import bert_sdpa, comma_separated, lion_mlm, lion_vision, timm_available, timm_vit, vit_sdpa
-from .suites import BERT_BASE, VIT_B, mlm_inputs
+from .suites import BERT_BASE, VIT_B, full_settings, mlm_inputs
 
 MODELS = {
     "timm": ("timm ViT", None, None),
@@ -48,11 +49,14 @@ MODELS = {
 }
 # ``--task mlm``: BERT-base-shaped masked-LM models, their attention dropout included (as the ``mlm`` group).
 TEXT_MODELS = {"bert": ("BERT SDPA", None), "lit": ("LION-LIT", "lit"), "d": ("LION-D", "d"), "s": ("LION-S", "s")}
-# Per task: its models, the ones profiled by default, its default batch.
+# Per task: its models, the ones profiled by default, its default batch and tokens per sequence. ``long_mlm``: the
+# ``long_mlm`` group's models (position table of 16384, LION in the chunk form) in interleaved rounds.
 TASKS = {
-    "vit": (MODELS, ["timm", "lit", "d", "s", "d-snake"], 64),
-    "mlm": (TEXT_MODELS, list(TEXT_MODELS), 128),
+    "vit": (MODELS, ["timm", "lit", "d", "s", "d-snake"], 64, None),
+    "mlm": (TEXT_MODELS, list(TEXT_MODELS), 128, 128),
+    "long_mlm": (TEXT_MODELS, list(TEXT_MODELS), 2, 8192),
 }
+LONG = full_settings()
 GROUPS = (
     ("lion kernels", ("_forward_kernel", "_backward_q_kernel", "_backward_kv_kernel", "_chunk", "_states")),
     ("attention", ("flash", "fmha", "attention", "attn")),
@@ -63,6 +67,11 @@ GROUPS = (
 def build(key: str, task: str, device: torch.device):
     if task == "mlm":
         return bert_sdpa(BERT_BASE, device) if key == "bert" else lion_mlm(BERT_BASE, TEXT_MODELS[key][1], device)
+    if task == "long_mlm":
+        shape = LONG.long_text_shape
+        if key == "bert":
+            return bert_sdpa(shape, device)
+        return lion_mlm(shape, TEXT_MODELS[key][1], device, attention_form="chunk", chunk_size=LONG.long_chunk_size)
     _, variant, order = MODELS[key]
     if key == "timm":
         return timm_vit(VIT_B, device)
@@ -73,14 +82,16 @@ def build(key: str, task: str, device: torch.device):
 
 def task_inputs(task: str, batch: int, length: int, device: torch.device) -> dict:
     """A fixed batch of the task: random images and labels, or a masked-LM batch of ``length`` tokens."""
-    if task == "mlm":
-        return mlm_inputs(BERT_BASE, length, batch, device)
+    if task in ("mlm", "long_mlm"):
+        return mlm_inputs(BERT_BASE if task == "mlm" else LONG.long_text_shape, length, batch, device)
     pixels = torch.randn(batch, 3, VIT_B.image_size, VIT_B.image_size, device=device)
     return {"pixel_values": pixels, "labels": torch.randint(0, VIT_B.num_labels, (batch,), device=device)}
 
 
 def describe(task: str, batch: int, length: int) -> str:
-    return f"BERT-base MLM, seq {length}, batch {batch}" if task == "mlm" else f"ViT-B/16, batch {batch}"
+    if task == "vit":
+        return f"ViT-B/16, batch {batch}"
+    return f"BERT-base MLM{' (LION chunk form)' if task == 'long_mlm' else ''}, seq {length}, batch {batch}"
 
 
 def group_of(kernel: str) -> str:
@@ -195,7 +206,7 @@ def profile_model(
     return {
         "model": TASKS[workload[0]][0][key][0],
         "task": workload[0],
-        "seq_len": workload[2] if workload[0] == "mlm" else None,
+        "seq_len": workload[2],
         "compile_mode": compile_mode,
         "batch": workload[1],
         "gpu_ms": sum(groups.values()),
@@ -209,15 +220,15 @@ def profile_model(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", choices=TASKS, default="vit", help="vit (default) or mlm")
+    parser.add_argument("--task", choices=TASKS, default="vit", help="vit (default), mlm or long_mlm")
     parser.add_argument(
         "--models", type=comma_separated({**MODELS, **TEXT_MODELS}), default=None,
         help="comma-separated; " + "; ".join(
-            f"{task}: {', '.join(models)} (default {','.join(chosen)})" for task, (models, chosen, _) in TASKS.items()
+            f"{task}: {', '.join(models)} (default {','.join(chosen)})" for task, (models, chosen, *_) in TASKS.items()
         ),
     )  # fmt: skip
-    parser.add_argument("--batch", type=int, default=None, help="default 64 (vit), 128 (mlm)")
-    parser.add_argument("--seq", type=int, default=128, help="tokens per sequence (mlm; default 128)")
+    parser.add_argument("--batch", type=int, default=None, help="default 64 (vit), 128 (mlm), 2 (long_mlm)")
+    parser.add_argument("--seq", type=int, default=None, help="tokens per sequence (default 128 (mlm), 8192 (long_mlm))")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--python", type=int, default=0, metavar="N", help="list the N costliest Python functions")
     parser.add_argument(
@@ -229,12 +240,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
-    known, default_models, default_batch = TASKS[args.task]
+    known, default_models, default_batch, default_seq = TASKS[args.task]
     keys = args.models or default_models
     wrong = [key for key in keys if key not in known]
     if wrong:
         parser.error(f"models {wrong} are not models of --task {args.task}; choose from {', '.join(known)}")
-    workload = (args.task, args.batch or default_batch, args.seq)
+    batch = default_batch if args.batch is None else args.batch
+    if batch < 1:
+        parser.error(f"--batch must be at least 1, got {batch}")
+    workload = (args.task, batch, default_seq if args.seq is None else args.seq)
+    longest = {"mlm": BERT_BASE, "long_mlm": LONG.long_text_shape}.get(args.task)
+    if longest is not None and not 1 <= workload[2] <= longest.max_position_embeddings:
+        parser.error(f"--seq must be 1 to {longest.max_position_embeddings} for --task {args.task}, got {workload[2]}")
     if not torch.cuda.is_available():
         parser.error("profiling a step needs a CUDA device")
     if "timm" in keys and not timm_available():

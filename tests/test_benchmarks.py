@@ -159,11 +159,33 @@ def test_profile_step_groups_kernels_and_refuses_what_it_cannot_run(capsys):
         (["--models", "lit", "--compile", "fast"], "argument --compile: invalid choice: 'fast'"),
         (["--task", "mlm", "--models", "bert,timm"], "models ['timm'] are not models of --task mlm"),
         (["--models", "bert"], "models ['bert'] are not models of --task vit"),
+        (["--task", "mlm", "--seq", "2048"], "--seq must be 1 to 512 for --task mlm, got 2048"),
+        (["--task", "long_mlm", "--seq", "0"], "--seq must be 1 to 16384 for --task long_mlm, got 0"),
+        (["--batch", "0"], "--batch must be at least 1, got 0"),
     ]:
         with pytest.raises(SystemExit) as raised:
             profile_step.main(argv)
         assert raised.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_profile_step_long_mlm_builds_the_long_mlm_groups_models(monkeypatch):
+    """``--task long_mlm``: the long-MLM group's models (its position table, LION in the chunk form) and batches."""
+    from benchmarks import profile_step
+    from benchmarks.suites import smoke_settings
+
+    settings = smoke_settings()
+    monkeypatch.setattr(profile_step, "LONG", settings)
+    cpu = torch.device("cpu")
+    bert, lion = (profile_step.build(key, "long_mlm", cpu) for key in ("bert", "d"))
+    shape = settings.long_text_shape
+    assert bert.config.max_position_embeddings == lion.config.max_position_embeddings == shape.max_position_embeddings
+    assert (lion.config.variant, lion.config.attention_form) == ("d", "chunk")
+    assert lion.config.chunk_size == settings.long_chunk_size
+    length, batch = settings.long_mlm_cases[-1]
+    inputs = profile_step.task_inputs("long_mlm", batch, length, cpu)
+    assert inputs["input_ids"].shape == (batch, length) and int(inputs["input_ids"].max()) < shape.vocab_size
+    assert lion(**inputs).loss.isfinite() and bert(**inputs).loss.isfinite()
 
 
 def test_profile_step_rounds_step_every_model_in_turn_and_take_the_median_of_the_ratios(monkeypatch):
