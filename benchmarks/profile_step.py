@@ -64,14 +64,18 @@ GROUPS = (
 )
 
 
+def text_shape(task: str):
+    """The BERT-base shape of a text task (the long one with a position table of 16384), ``None`` for vision."""
+    return {"mlm": BERT_BASE, "long_mlm": LONG.long_text_shape}.get(task)
+
+
 def build(key: str, task: str, device: torch.device):
-    if task == "mlm":
-        return bert_sdpa(BERT_BASE, device) if key == "bert" else lion_mlm(BERT_BASE, TEXT_MODELS[key][1], device)
-    if task == "long_mlm":
-        shape = LONG.long_text_shape
+    shape = text_shape(task)
+    if shape is not None:
         if key == "bert":
             return bert_sdpa(shape, device)
-        return lion_mlm(shape, TEXT_MODELS[key][1], device, attention_form="chunk", chunk_size=LONG.long_chunk_size)
+        chunked = dict(attention_form="chunk", chunk_size=LONG.long_chunk_size) if task == "long_mlm" else {}
+        return lion_mlm(shape, TEXT_MODELS[key][1], device, **chunked)
     _, variant, order = MODELS[key]
     if key == "timm":
         return timm_vit(VIT_B, device)
@@ -82,8 +86,8 @@ def build(key: str, task: str, device: torch.device):
 
 def task_inputs(task: str, batch: int, length: int, device: torch.device) -> dict:
     """A fixed batch of the task: random images and labels, or a masked-LM batch of ``length`` tokens."""
-    if task in ("mlm", "long_mlm"):
-        return mlm_inputs(BERT_BASE if task == "mlm" else LONG.long_text_shape, length, batch, device)
+    if text_shape(task) is not None:
+        return mlm_inputs(text_shape(task), length, batch, device)
     pixels = torch.randn(batch, 3, VIT_B.image_size, VIT_B.image_size, device=device)
     return {"pixel_values": pixels, "labels": torch.randint(0, VIT_B.num_labels, (batch,), device=device)}
 
@@ -249,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     if batch < 1:
         parser.error(f"--batch must be at least 1, got {batch}")
     workload = (args.task, batch, default_seq if args.seq is None else args.seq)
-    longest = {"mlm": BERT_BASE, "long_mlm": LONG.long_text_shape}.get(args.task)
+    longest = text_shape(args.task)
     if longest is not None and not 1 <= workload[2] <= longest.max_position_embeddings:
         parser.error(f"--seq must be 1 to {longest.max_position_embeddings} for --task {args.task}, got {workload[2]}")
     if not torch.cuda.is_available():

@@ -89,8 +89,8 @@ class LionMixer(nn.Module):
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.scale = self.head_dim**-0.5
-        # The architecture's settings, read once: a transformers config attribute costs about 40 plain ones, and
-        # every layer would read these on every call. The form, chunk size and backend are read on each call
+        # The architecture's settings, read once: a transformers config attribute goes through Python-level
+        # __getattribute__ hooks, and every layer would read these on every call. The form, chunk size and backend are read on each call
         # from the config, where set_attention_form and users switch them.
         self.variant, self.num_paths = config.variant, config.num_paths
         self.gate_eps = config.selective_gate_eps
