@@ -23,7 +23,8 @@ Kernels (one launch each per path):
   ``dA * A`` below and above the diagonal, from which PyTorch forms the log-decay gradients with two reverse
   running sums (``_decay_gradient``).
 - ``_recurrent``: inference only, the bidirectional RNN in one launch: a backward sweep over the chunks, then a
-  forward sweep, the state in registers; no per-chunk states are stored.
+  forward sweep, the state in registers; no per-chunk states are stored. The chunk form runs it too for inference
+  from ``ON_CHIP_STATES_FROM_LENGTH`` tokens on, where the stored states would raise the memory peak.
 - LION-LIT has no mask: every token sees one sum ``K^T V``; ``_total`` forms it (split over the tokens, the parts
   added by PyTorch) and the output and gradient kernels read it in place of the two states.
 
@@ -63,6 +64,14 @@ MAX_HEAD_DIM = 128
 _MIN_LOG_DECAY = -60.0
 _DTYPES = (torch.float32, torch.bfloat16)
 _ROWS = 64  # rows of one tile: chunks larger than this are walked in sub-blocks of it
+# Launch settings from a sweep on one H200 (LION-D, B 4, H 12, D 64, 16k tokens, forward + backward 5.29 ms with
+# the previous ones; tests/gpu/time_kernels.py --chunk-sweep, benchmarks/NOTES.md session 8): 4 warps for the
+# output and gradient tiles (8 before: -0.54 and -1.36 ms; 2 warps made the gradients five times slower); a whole
+# 64-column state per program of _states where that leaves _MIN_STATE_PROGRAMS programs (96 there: -0.31 ms
+# against 192 programs of 32 columns), else 32 columns (at B 2, H 12, 48 programs of 64 columns took 0.235 ms per
+# call, 96 of 32 took 0.153).
+_MIN_STATE_PROGRAMS = 96
+_TILE_WARPS = 4
 
 
 def _jit(fn):
@@ -612,7 +621,9 @@ def _states_of(x, y, path, chunk, *, key_side, kpm, rs, extra, extra_mode):
     y_dim = y.shape[-1]
     states = x.new_empty(batch * heads, 2, path.chunks, x_dim, y_dim, dtype=torch.float32)
     vec = x.new_empty(batch * heads, 2, path.chunks, x_dim, dtype=torch.float32)
-    block_v = min(_block(y_dim), 32)
+    block_v = min(_block(y_dim), 64)
+    if batch * heads * 2 * cdiv(y_dim, block_v) < _MIN_STATE_PROGRAMS:
+        block_v = min(block_v, 32)
     grid = (cdiv(y_dim, block_v), batch * heads, 2)
     rows = min(chunk, _ROWS)
     launch(
@@ -657,7 +668,7 @@ def _forward(q, k, v, log_decays, orders, kpm, chunk, normalize, eps):
     mean_den = q.new_empty((batch, heads, length) if normalize else (0,), dtype=torch.float32)
     rows = min(chunk, _ROWS)
     common = dict(BT=rows, BD=_block(dim), BV=_block(value_dim), HAS_KPM=kpm is not None, NORMALIZE=normalize,
-                  PRECISION=_precision(q.dtype), num_warps=_warps(rows))  # fmt: skip
+                  PRECISION=_precision(q.dtype), num_warps=_TILE_WARPS)  # fmt: skip
     if not log_decays:
         total, vec = _total_of(k, v, kpm=kpm, rs=None, extra=None, extra_mode=1 if normalize else 0)
         grid = (cdiv(length, rows), batch * heads)
@@ -715,7 +726,7 @@ def _backward(grad, q, k, v, out, mean_den, log_decays, orders, kpm, chunk, norm
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     rows = min(chunk, _ROWS)
     common = dict(BT=rows, BD=_block(dim), BV=_block(value_dim), HAS_KPM=kpm is not None, NORMALIZE=normalize,
-                  PRECISION=_precision(q.dtype), num_warps=_warps(rows))  # fmt: skip
+                  PRECISION=_precision(q.dtype), num_warps=_TILE_WARPS)  # fmt: skip
     extra_mode = 2 if normalize else 0
     if not log_decays:
         total, vec = _total_of(k, v, kpm=kpm, rs=None, extra=None, extra_mode=1 if normalize else 0)
@@ -890,7 +901,28 @@ def _operator_arguments(log_decays, orders):
     return paths, steps
 
 
+# Without gradients to compute, from this many tokens on the chunk form runs the kernel that keeps its states in
+# registers (the recurrent form's): on one H200 at 4097 tokens (ViT-B/16 at 1024 px, batch 8) it took 1-2% longer
+# than storing the states and kept the peak at timm's instead of 1.04-1.05x it; at 1025 tokens LION-D's took 21% longer
+# (few chunks to sweep, and one program per head and value block). benchmarks/NOTES.md, session 8.
+ON_CHIP_STATES_FROM_LENGTH = 4096
+
+
+def _needs_grad(q, k, v, log_decays) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *(log_decays or ())))
+
+
+def _with_states_on_chip(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_padding_mask):
+    decays, orders = _operator_arguments(log_decays, orders)
+    kpm = None if key_padding_mask is None else key_padding_mask.view(torch.int8)
+    return _recurrent_attention(q, k, v, decays, orders, kpm, chunk_size, normalize, eps)
+
+
 def chunk_form(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_padding_mask, dropout_p):
+    """The chunk kernels; for inference on long inputs, the same sums with the states kept on chip."""
+    options = dict(chunk_size=chunk_size, normalize=normalize, eps=eps, key_padding_mask=key_padding_mask)
+    if log_decays is not None and q.shape[2] >= ON_CHIP_STATES_FROM_LENGTH and not _needs_grad(q, k, v, log_decays):
+        return _with_states_on_chip(q, k, v, log_decays, orders, **options)
     decays, orders = _operator_arguments(log_decays, orders)
     kpm = None if key_padding_mask is None else key_padding_mask.view(torch.int8)
     return _chunk_attention(q, k, v, decays, orders, kpm, chunk_size, normalize, eps)[0]
@@ -898,15 +930,10 @@ def chunk_form(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_p
 
 def recurrent_form(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_padding_mask, dropout_p):
     """The RNN kernel for inference; with gradients to compute (or no decay) the chunk kernels."""
-    needs_grad = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (q, k, v, *(log_decays if log_decays is not None else ()))
-    )
-    if needs_grad or log_decays is None:
-        return chunk_form(q, k, v, log_decays, orders, chunk_size=chunk_size, normalize=normalize, eps=eps,
-                          key_padding_mask=key_padding_mask, dropout_p=dropout_p)  # fmt: skip
-    decays, orders = _operator_arguments(log_decays, orders)
-    kpm = None if key_padding_mask is None else key_padding_mask.view(torch.int8)
-    return _recurrent_attention(q, k, v, decays, orders, kpm, chunk_size, normalize, eps)
+    options = dict(chunk_size=chunk_size, normalize=normalize, eps=eps, key_padding_mask=key_padding_mask)
+    if _needs_grad(q, k, v, log_decays) or log_decays is None:
+        return chunk_form(q, k, v, log_decays, orders, dropout_p=dropout_p, **options)
+    return _with_states_on_chip(q, k, v, log_decays, orders, **options)
 
 
 ENTRIES = {"chunk": chunk_form, "recurrent": recurrent_form, "unsupported": unsupported}

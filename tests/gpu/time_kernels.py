@@ -1,5 +1,6 @@
 """Timings of the fused parallel-form kernels on a GPU: the device's ceilings, the operator against SDPA, and a sweep
-of tile sizes per kernel. ``python tests/gpu/time_kernels.py [--sweep]``; medians of ``triton.testing.do_bench``.
+of tile sizes per kernel. ``python tests/gpu/time_kernels.py [--sweep]``; ``--profile 4096,16384``: the GPU time
+of each kernel of one operator call; ``--chunk-sweep 16384``: the chunk kernels' launch options; medians of ``triton.testing.do_bench``.
 
 Not collected by pytest. What it printed on an H200 is in benchmarks/NOTES.md.
 """
@@ -145,11 +146,76 @@ def sweep() -> None:
             print(f"  {kernel}: " + ", ".join(f"{c} {ms:.3f}" for c, ms in results))
 
 
+def kernel_profile(lengths) -> None:
+    """Where the GPU time of one operator call goes (forward + backward, the kernels' summed durations), per
+    variant, at lengths that take the chunk kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for length in lengths:
+        inputs = operator_inputs(length)
+        for variant in ("lit", "d", "s"):
+            call = lion_call(variant, 1, "triton", *inputs)
+            total = bench(call)
+            with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+                call()
+                torch.cuda.synchronize()
+            kernels: dict[str, list[float]] = {}
+            for event in profiler.events():
+                if event.device_type == torch.autograd.DeviceType.CUDA and not event.is_user_annotation:
+                    kernels.setdefault(event.name[:60], []).append(event.time_range.elapsed_us() / 1e3)
+            rows = sorted(kernels.items(), key=lambda item: -sum(item[1]))
+            summed = sum(sum(t) for t in kernels.values())
+            print(f"\nprofile N={length} {variant}: {total:.3f} ms per call (do_bench), kernels {summed:.3f} ms")
+            for name, times in rows[:12]:
+                print(f"  {sum(times):7.3f} ms  x{len(times):<3} {name}")
+
+
+def chunk_sweep(length: int) -> None:
+    """LION-D at ``length`` tokens through the chunk kernels, forward + backward: each kernel's launch options
+    (and the value columns per program of ``_states``) varied with the others at their defaults."""
+    from lion_hf.modeling import lion_triton_chunk as chunk
+
+    call = lion_call("d", 1, "triton", *operator_inputs(length))
+    default_launch, default_minimum = chunk.launch, chunk._MIN_STATE_PROGRAMS
+    print(f"\nchunk sweep, LION-D, N={length}: defaults {bench(call):.3f} ms")
+    for columns, minimum in ((64, 0), (32, 10**9)):
+        chunk._MIN_STATE_PROGRAMS = minimum
+        print(f"  _states with up to {columns} value columns per program: {bench(call):.3f} ms")
+    chunk._MIN_STATE_PROGRAMS = default_minimum
+    for name in ("_states", "_output", "_gradients"):
+        results = []
+        for warps in (2, 4, 8):
+            for stages in (1, 2, 3, 4):
+
+                def patched(kernel, grid, *args, _name=name, _options=dict(num_warps=warps, num_stages=stages), **meta):
+                    if getattr(kernel, "fn", kernel).__name__ == _name:
+                        meta = {**meta, **_options}
+                    default_launch(kernel, grid, *args, **meta)
+
+                chunk.launch = patched
+                try:
+                    results.append(((warps, stages), bench(call)))
+                except Exception as error:  # out of shared memory or registers: report and go on
+                    print(f"  {name} {(warps, stages)}: {type(error).__name__} {str(error)[:80]}")
+                finally:
+                    chunk.launch = default_launch
+        results.sort(key=lambda r: r[1])
+        print(f"  {name} (warps, stages): " + ", ".join(f"{c} {ms:.3f}" for c, ms in results))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sweep", action="store_true", help="also sweep the tile sizes of each kernel")
+    parser.add_argument("--profile", metavar="N,N,...", help="only the per-kernel GPU time at these lengths")
+    parser.add_argument("--chunk-sweep", type=int, metavar="N", help="only the chunk kernels' launch options at N tokens")
     args = parser.parse_args()
     print(torch.cuda.get_device_name(), torch.__version__, triton.__version__)
+    if args.chunk_sweep:
+        chunk_sweep(args.chunk_sweep)
+        return
+    if args.profile:
+        kernel_profile([int(n) for n in args.profile.split(",")])
+        return
     ceilings()
     operator_table((197, 512, 1024))
     dropout_cost()

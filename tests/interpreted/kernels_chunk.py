@@ -105,6 +105,13 @@ def test_chunk_kernels_match_the_naive_oracle(variant, paths, length, chunk, nor
     check_against_naive(variant, paths, length, chunk, normalize, padded)
 
 
+@pytest.mark.parametrize("minimum_programs", [0, 10**9])
+def test_the_states_carry_a_whole_value_dim_or_32_columns_per_program(monkeypatch, minimum_programs):
+    """A value dim of 40 is one 64-column block of _states with enough programs, two of 32 without."""
+    monkeypatch.setattr(kernels, "_MIN_STATE_PROGRAMS", minimum_programs)
+    check_against_naive("d", 1, 37, 16, True, True, value_dim=40)
+
+
 def test_a_decay_shared_across_the_batch_gets_its_gradient_summed():
     check_against_naive("s", 1, 40, 16, True, True, shared_decay=True)
 
@@ -130,6 +137,30 @@ def test_recurrent_kernel_matches_the_naive_oracle_and_the_pytorch_forms(variant
 
 def test_recurrent_form_with_gradients_runs_the_chunk_kernels():
     check_against_naive("s", 2, 40, 16, True, True, form="recurrent")
+
+
+def test_long_inference_in_the_chunk_form_keeps_the_states_on_chip(monkeypatch):
+    """From ON_CHIP_STATES_FROM_LENGTH tokens on (lowered here) and without gradients, the chunk form runs the
+    kernel that keeps its states in registers, with the chunk kernels' output; shorter inputs and training still
+    store the states."""
+    stored = []
+    states_of = kernels._states_of
+    monkeypatch.setattr(kernels, "_states_of", lambda *a, **k: stored.append(a[0].shape[2]) or states_of(*a, **k))
+    params, decays, orders = make_inputs("s", 2, 70)
+    options = dict(form="chunk", chunk_size=16, normalize=True, key_padding_mask=padding(70), backend="triton")
+    expected = naive_lion_attention(*params[:3], decays(), orders, normalize=True, key_padding_mask=padding(70))
+    with torch.no_grad():
+        monkeypatch.setattr(kernels, "ON_CHIP_STATES_FROM_LENGTH", 71)
+        stored_states = lion_attention(*params[:3], decays(), orders, **options)
+        assert stored == [70, 70]  # one call per path
+        monkeypatch.setattr(kernels, "ON_CHIP_STATES_FROM_LENGTH", 70)
+        on_chip = lion_attention(*params[:3], decays(), orders, **options)
+        assert stored == [70, 70]
+    assert relative_error(on_chip, expected) < TOLERANCE
+    assert relative_error(on_chip, stored_states) < TOLERANCE
+    trained = lion_attention(*params[:3], decays(), orders, **options)
+    assert stored == [70, 70, 70, 70]
+    assert relative_error(trained, on_chip) < TOLERANCE
 
 
 def test_auto_chooses_the_kernels_and_says_why_not(monkeypatch):
