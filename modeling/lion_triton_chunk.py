@@ -68,8 +68,9 @@ _ROWS = 64  # rows of one tile: chunks larger than this are walked in sub-blocks
 # the previous ones; tests/gpu/time_kernels.py --chunk-sweep, benchmarks/NOTES.md session 8): 4 warps for the
 # output and gradient tiles (8 before: -0.54 and -1.36 ms; 2 warps made the gradients five times slower); a whole
 # 64-column state per program of _states where that leaves _MIN_STATE_PROGRAMS programs (96 there: -0.31 ms
-# against 192 programs of 32 columns), else 32 columns (at B 2, H 12, 48 programs of 64 columns took 0.235 ms per
-# call, 96 of 32 took 0.153).
+# against 192 programs of 32 columns), else 32 columns (BERT-base MLM at seq 8192 x 2, B 2 x H 12: 48 programs of
+# 64 columns took 8.45 ms of a step's _states, 96 programs of 32 took 5.50; `python -m benchmarks.profile_step
+# --task long_mlm`).
 _MIN_STATE_PROGRAMS = 96
 _TILE_WARPS = 4
 
@@ -888,23 +889,26 @@ def unsupported(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_
     return None
 
 
-def _operator_arguments(log_decays, orders):
+def _operator_arguments(log_decays, orders, key_padding_mask):
     """Decays as the operators take them: per path, in path order, float32, clamped (differentiably, outside);
-    orders as tensors, empty for the natural order (the operators' schema has no optional list entries)."""
+    orders as tensors, empty for the natural order (the operators' schema has no optional list entries); the
+    padding mask as int8."""
+    kpm = None if key_padding_mask is None else key_padding_mask.view(torch.int8)
     if log_decays is None:
-        return [], []
+        return [], [], kpm
     paths, steps = [], []
     for log_decay, order in zip(log_decays, orders):
         along = log_decay if order is None else log_decay[..., order]
         paths.append(along.float().clamp(min=_MIN_LOG_DECAY).contiguous())
         steps.append(order if order is not None else log_decay.new_empty(0, dtype=torch.long))
-    return paths, steps
+    return paths, steps, kpm
 
 
 # Without gradients to compute, from this many tokens on the chunk form runs the kernel that keeps its states in
-# registers (the recurrent form's): on one H200 at 4097 tokens (ViT-B/16 at 1024 px, batch 8) it took 1-2% longer
-# than storing the states and kept the peak at timm's instead of 1.04-1.05x it; at 1025 tokens LION-D's took 21% longer
-# (few chunks to sweep, and one program per head and value block). benchmarks/NOTES.md, session 8.
+# registers (the recurrent form's): on one H200 at 4097 tokens (ViT-B/16 at 1024 px, batch 8; `python -m
+# benchmarks --groups long_inference`) it took 1-2% longer than storing the states and kept the peak at timm's
+# instead of 1.04-1.05x it; at 1025 tokens LION-D's took 21% longer (few chunks to sweep, and one program per head
+# and value block). benchmarks/NOTES.md, session 8.
 ON_CHIP_STATES_FROM_LENGTH = 4096
 
 
@@ -912,28 +916,21 @@ def _needs_grad(q, k, v, log_decays) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *(log_decays or ())))
 
 
-def _with_states_on_chip(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_padding_mask):
-    decays, orders = _operator_arguments(log_decays, orders)
-    kpm = None if key_padding_mask is None else key_padding_mask.view(torch.int8)
-    return _recurrent_attention(q, k, v, decays, orders, kpm, chunk_size, normalize, eps)
-
-
 def chunk_form(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_padding_mask, dropout_p):
     """The chunk kernels; for inference on long inputs, the same sums with the states kept on chip."""
-    options = dict(chunk_size=chunk_size, normalize=normalize, eps=eps, key_padding_mask=key_padding_mask)
-    if log_decays is not None and q.shape[2] >= ON_CHIP_STATES_FROM_LENGTH and not _needs_grad(q, k, v, log_decays):
-        return _with_states_on_chip(q, k, v, log_decays, orders, **options)
-    decays, orders = _operator_arguments(log_decays, orders)
-    kpm = None if key_padding_mask is None else key_padding_mask.view(torch.int8)
-    return _chunk_attention(q, k, v, decays, orders, kpm, chunk_size, normalize, eps)[0]
+    decays, steps, kpm = _operator_arguments(log_decays, orders, key_padding_mask)
+    if decays and q.shape[2] >= ON_CHIP_STATES_FROM_LENGTH and not _needs_grad(q, k, v, log_decays):
+        return _recurrent_attention(q, k, v, decays, steps, kpm, chunk_size, normalize, eps)
+    return _chunk_attention(q, k, v, decays, steps, kpm, chunk_size, normalize, eps)[0]
 
 
 def recurrent_form(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_padding_mask, dropout_p):
     """The RNN kernel for inference; with gradients to compute (or no decay) the chunk kernels."""
-    options = dict(chunk_size=chunk_size, normalize=normalize, eps=eps, key_padding_mask=key_padding_mask)
-    if _needs_grad(q, k, v, log_decays) or log_decays is None:
-        return chunk_form(q, k, v, log_decays, orders, dropout_p=dropout_p, **options)
-    return _with_states_on_chip(q, k, v, log_decays, orders, **options)
+    if log_decays is None or _needs_grad(q, k, v, log_decays):
+        return chunk_form(q, k, v, log_decays, orders, chunk_size=chunk_size, normalize=normalize, eps=eps,
+                          key_padding_mask=key_padding_mask, dropout_p=dropout_p)  # fmt: skip
+    decays, steps, kpm = _operator_arguments(log_decays, orders, key_padding_mask)
+    return _recurrent_attention(q, k, v, decays, steps, kpm, chunk_size, normalize, eps)
 
 
 ENTRIES = {"chunk": chunk_form, "recurrent": recurrent_form, "unsupported": unsupported}
