@@ -456,3 +456,32 @@ def test_projections_of_one_input_keep_one_autocast_copy_of_it_for_the_backward(
         assert len(tensors) == len(projections), layer
         assert {t.untyped_storage().data_ptr() for t in tensors} == {tensors[0].untyped_storage().data_ptr()}, layer
         assert all(t.dtype == torch.bfloat16 for t in tensors), layer
+
+
+def test_the_heads_layer_norm_runs_in_the_autocast_dtype_and_keeps_no_float32_copy():
+    """LION-LIT's LayerNorm after the heads: under autocast, in bf16 (statistics in float32 inside the kernel), the
+    bf16 output that float32 statistics and weights round to, gradients for the float32 weights, and only bf16
+    activations of the hidden size kept for the backward."""
+    from lion_hf.modeling.modeling_lion import in_input_dtype
+
+    norm = torch.nn.LayerNorm(32)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5), norm.bias.uniform_(-0.5, 0.5)
+    x = (torch.randn(2, 5, 32) * 3 + 1).bfloat16().requires_grad_()
+    saved = []
+
+    def pack(t):
+        if t.numel() == x.numel():
+            saved.append(t)
+        return t
+
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = in_input_dtype(norm, x)
+    reference = torch.nn.functional.layer_norm(x.double(), (32,), norm.weight.double(), norm.bias.double(), norm.eps)
+    assert out.dtype == torch.bfloat16
+    assert_close(out.double(), reference, rtol=2**-7, atol=2**-7)
+    assert saved and all(t.dtype == torch.bfloat16 for t in saved)
+    out.float().sum().backward()
+    assert norm.weight.grad.dtype == torch.float32 and norm.weight.grad.abs().sum() > 0
+    assert x.grad.dtype == torch.bfloat16
+    assert_close(in_input_dtype(norm, x.detach().float()), norm(x.detach().float()), rtol=0, atol=0)
