@@ -13,9 +13,10 @@ and ``T`` the sum over a whole chunk:
 
 Kernels (one launch each per path):
 
-- ``_states``: the entering states of every chunk, sequential over the chunks, one program per (head,
-  block of value columns, direction), the state in registers; stored in float32 for the output kernel. Run on
-  (queries, output gradients) it gives the states' gradients, which travel the opposite ways.
+- ``_states``: the entering states of every chunk, sequential over runs of chunks, one program per (head,
+  block of value columns, direction, run), the state in registers (float32); stored in the inputs' dtype for the
+  output kernel, after a first launch has summed each run (two launches for long inputs). Run on (queries, output
+  gradients) it gives the states' gradients, which travel the opposite ways.
 - ``_output``: parallel over blocks of query rows; masked scores tile by tile, plus the two carried states;
   normalised (the row sums come from the same tiles and from a vector state of the summed keys) and averaged
   over paths (float32 accumulators between the launches of several paths).
@@ -35,7 +36,7 @@ Log-decays are clamped at -60 (a decay under 1e-26, indistinguishable from 0 nex
 keeps differences of running sums finite.
 
 Memory: the forward pass keeps only its output and (normalised) one float32 row sum per token for the backward
-pass, which forms the states again. The states themselves are float32, ``2 * N / C * D * Dv`` per head and path.
+pass, which forms the states again. The states themselves take ``2 * N / C * D * Dv`` entries per head and path.
 
 Supported: CUDA tensors (CPU tensors while ``TRITON_INTERPRET=1``, if it was also set when Triton and this module
 were imported: the interpreter the tests use), float32 and bfloat16, head and value dims up to 128, chunk sizes
@@ -64,14 +65,15 @@ MAX_HEAD_DIM = 128
 _MIN_LOG_DECAY = -60.0
 _DTYPES = (torch.float32, torch.bfloat16)
 _ROWS = 64  # rows of one tile: chunks larger than this are walked in sub-blocks of it
-# Launch settings from a sweep on one H200 (LION-D, B 4, H 12, D 64, 16k tokens, forward + backward 5.29 ms with
-# the previous ones; tests/gpu/time_kernels.py --chunk-sweep, benchmarks/NOTES.md session 8): 4 warps for the
-# output and gradient tiles (8 before: -0.54 and -1.36 ms; 2 warps made the gradients five times slower); a whole
-# 64-column state per program of _states where that leaves _MIN_STATE_PROGRAMS programs (96 there: -0.31 ms
-# against 192 programs of 32 columns), else 32 columns (BERT-base MLM at seq 8192 x 2, B 2 x H 12: 48 programs of
-# 64 columns took 8.45 ms of a step's _states, 96 programs of 32 took 5.50; `python -m benchmarks.profile_step
-# --task long_mlm`).
-_MIN_STATE_PROGRAMS = 96
+# Launch settings from sweeps on one H200 (forward + backward, B 4, H 12, D 64, bf16; tests/gpu/time_kernels.py
+# --chunk-sweep, benchmarks/NOTES.md sessions 8 and 9): 4 warps for the output and gradient tiles (8 before: -0.54
+# and -1.36 ms of LION-D's 5.29 at 16k tokens; 2 warps made the gradients five times slower); each sweep of
+# _states split into runs of at least _MIN_RUN_CHUNKS chunks until about _STATE_PROGRAMS programs run, each
+# carrying up to 64 value columns. One program per sweep spent ~1.9 us per chunk, far from the memory's speed: the
+# runs took _states from 1.30 to 1.12 ms per call at 16k tokens (B 4) and from 0.61 to 0.30 ms at 8k tokens with
+# B 2 (BERT-base MLM at seq 8192's shape), where 32 columns per program had been the better of the single sweeps.
+_MIN_RUN_CHUNKS = 16
+_STATE_PROGRAMS = 1024
 _TILE_WARPS = 4
 
 
@@ -187,21 +189,27 @@ def _intra(q, steps_i, e_i, b_i, c, k_base, v_base, CB, LA, ORDER, KPM, batch, l
 
 @_jit
 def _states(
-    X, Y, EXTRA, RS, CB, LA, ORDER, KPM, STATES, VEC,
-    heads, length, chunks, x_dim, y_dim, decay_batch,
+    X, Y, EXTRA, RS, CB, LA, ORDER, KPM, STATES, VEC, ENDS, END_VEC, END_LOG,
+    heads, length, chunks, x_dim, y_dim, decay_batch, runs, per_run,
     C: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
     KEY_SIDE: tl.constexpr, HAS_ORDER: tl.constexpr, HAS_KPM: tl.constexpr, HAS_RS: tl.constexpr,
-    EXTRA_MODE: tl.constexpr, PRECISION: tl.constexpr,
+    EXTRA_MODE: tl.constexpr, STORE_ALL: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """The state entering every chunk, in direction 0 (from earlier chunks) and 1 (from later ones).
 
     ``sum_j w_j x_j y_j^T`` over the tokens of the chunks passed, decayed by the chunks between: keys and values
     (``KEY_SIDE``) give the forward pass's states, queries and output gradients (scaled per row by ``RS``) their
     gradients. ``EXTRA_MODE``: 0 none, 1 a ones column, 2 the column ``EXTRA``: its state is the vector ``VEC``.
+
+    Each sweep is split into ``runs`` of ``per_run`` chunks (numbered in the sweep's order), one
+    program each. Without ``STORE_ALL`` a program only sums its run from a zero state and stores the result
+    (``ENDS``, ``END_VEC``) and the run's summed log-decay (``END_LOG``); with it, a program starts from the state
+    that those of the earlier runs add up to and stores the state entering each of its chunks.
     """
     block_v = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
-    direction = tl.program_id(2)
+    direction = tl.program_id(2) % 2
+    run = tl.program_id(2) // 2
     batch = bh // heads
     padded = chunks * C
     decay_base = (batch * decay_batch * heads + bh % heads) * padded
@@ -209,16 +217,26 @@ def _states(
     y_base = Y + bh * length * y_dim
     offs_d = tl.arange(0, BD)
     offs_v = block_v * BV + tl.arange(0, BV)
+    ends = (bh * 2 + direction) * (runs - 1)
     state = tl.zeros((BD, BV), dtype=tl.float32)
     vec = tl.zeros((BD,), dtype=tl.float32)
+    log_sum = tl.zeros((1,), dtype=tl.float32)
     store_mask = (offs_d[:, None] < x_dim) & (offs_v[None, :] < y_dim)
-    for it in range(chunks):
+    if STORE_ALL:
+        for earlier in range(run):
+            end, end_vec = _load_state(ENDS, END_VEC, ends + earlier, x_dim, y_dim, offs_d, offs_v, BD,
+                                       EXTRA_MODE != 0)  # fmt: skip
+            decay = tl.exp(tl.load(END_LOG + ends + earlier))
+            state = state * decay + end
+            vec = vec * decay + end_vec
+    for it in range(run * per_run, tl.minimum(run * per_run + per_run, chunks)):
         c = tl.where(direction == 0, it, chunks - 1 - it)
-        slot = (bh * 2 + direction) * chunks + c
-        tl.store(STATES + slot * x_dim * y_dim + offs_d[:, None] * y_dim + offs_v[None, :], state, mask=store_mask)
-        if EXTRA_MODE != 0:
-            if block_v == 0:
-                tl.store(VEC + slot * x_dim + offs_d, vec, mask=offs_d < x_dim)
+        if STORE_ALL:
+            slot = (bh * 2 + direction) * chunks + c
+            tl.store(STATES + slot * x_dim * y_dim + offs_d[:, None] * y_dim + offs_v[None, :], state, mask=store_mask)
+            if EXTRA_MODE != 0:
+                if block_v == 0:
+                    tl.store(VEC + slot * x_dim + offs_d, vec, mask=offs_d < x_dim)
         total = tl.load(CB + decay_base + c * C + C - 1)
         update = tl.zeros((BD, BV), dtype=tl.float32)
         vec_update = tl.zeros((BD,), dtype=tl.float32)
@@ -238,6 +256,14 @@ def _states(
         decay = tl.exp(total)
         state = state * decay + update
         vec = vec * decay + vec_update
+        log_sum += total
+    if not STORE_ALL:
+        slot = ends + run
+        tl.store(ENDS + slot * x_dim * y_dim + offs_d[:, None] * y_dim + offs_v[None, :], state, mask=store_mask)
+        if block_v == 0:
+            tl.store(END_LOG + slot + tl.arange(0, 1), log_sum)
+            if EXTRA_MODE != 0:
+                tl.store(END_VEC + slot * x_dim + offs_d, vec, mask=offs_d < x_dim)
 
 
 @_jit
@@ -617,25 +643,34 @@ class _Path:
 
 
 def _states_of(x, y, path, chunk, *, key_side, kpm, rs, extra, extra_mode):
-    """The states entering every chunk, both directions: ``(B*H, 2, chunks, Dx, Dy)`` and the vector states."""
+    """The states entering every chunk, both directions: ``(B*H, 2, chunks, Dx, Dy)`` in ``x``'s dtype (the
+    kernels that read them round them to it for their products) and the float32 vector states."""
     batch, heads, length, x_dim = x.shape
     y_dim = y.shape[-1]
-    states = x.new_empty(batch * heads, 2, path.chunks, x_dim, y_dim, dtype=torch.float32)
+    states = x.new_empty(batch * heads, 2, path.chunks, x_dim, y_dim)
     vec = x.new_empty(batch * heads, 2, path.chunks, x_dim, dtype=torch.float32)
     block_v = min(_block(y_dim), 64)
-    if batch * heads * 2 * cdiv(y_dim, block_v) < _MIN_STATE_PROGRAMS:
-        block_v = min(block_v, 32)
-    grid = (cdiv(y_dim, block_v), batch * heads, 2)
-    rows = min(chunk, _ROWS)
-    launch(
-        _states, grid,
+    sweeps = cdiv(y_dim, block_v) * batch * heads * 2
+    runs = max(1, min(path.chunks // _MIN_RUN_CHUNKS, _STATE_PROGRAMS // sweeps))
+    per_run = cdiv(path.chunks, runs)
+    runs = cdiv(path.chunks, per_run)
+    ends = x.new_empty(batch * heads, 2, runs - 1, x_dim, y_dim, dtype=torch.float32)
+    end_vec = x.new_empty(batch * heads, 2, runs - 1, x_dim, dtype=torch.float32)
+    end_log = x.new_empty(batch * heads, 2, runs - 1, dtype=torch.float32)
+    arguments = (
         x, y, extra if extra is not None else x, rs if rs is not None else x, path.sums, path.log_decay,
-        path.order if path.order is not None else x, kpm if kpm is not None else x, states, vec,
-        heads, length, path.chunks, x_dim, y_dim, path.batch_stride,
-        C=chunk, BT=rows, BD=_block(x_dim), BV=block_v, KEY_SIDE=key_side, HAS_ORDER=path.order is not None,
-        HAS_KPM=kpm is not None, HAS_RS=rs is not None, EXTRA_MODE=extra_mode, PRECISION=_precision(x.dtype),
-        num_warps=4,
-    )
+        path.order if path.order is not None else x, kpm if kpm is not None else x, states, vec, ends, end_vec,
+        end_log, heads, length, path.chunks, x_dim, y_dim, path.batch_stride, runs, per_run,
+    )  # fmt: skip
+    options = dict(
+        C=chunk, BT=min(chunk, _ROWS), BD=_block(x_dim), BV=block_v, KEY_SIDE=key_side,
+        HAS_ORDER=path.order is not None, HAS_KPM=kpm is not None, HAS_RS=rs is not None, EXTRA_MODE=extra_mode,
+        PRECISION=_precision(x.dtype), num_warps=4,
+    )  # fmt: skip
+    columns = cdiv(y_dim, block_v)
+    if runs > 1:
+        launch(_states, (columns, batch * heads, 2 * (runs - 1)), *arguments, STORE_ALL=False, **options)
+    launch(_states, (columns, batch * heads, 2 * runs), *arguments, STORE_ALL=True, **options)
     return states, vec
 
 

@@ -172,16 +172,16 @@ def kernel_profile(lengths) -> None:
 
 def chunk_sweep(length: int) -> None:
     """LION-D at ``length`` tokens through the chunk kernels, forward + backward: each kernel's launch options
-    (and the value columns per program of ``_states``) varied with the others at their defaults."""
+    (and the programs that ``_states`` splits its sweeps to) varied with the others at their defaults."""
     from lion_hf.modeling import lion_triton_chunk as chunk
 
     call = lion_call("d", 1, "triton", *operator_inputs(length))
-    default_launch, default_minimum = chunk.launch, chunk._MIN_STATE_PROGRAMS
+    default_launch, default_programs = chunk.launch, chunk._STATE_PROGRAMS
     print(f"\nchunk sweep, LION-D, N={length}: defaults {bench(call):.3f} ms")
-    for columns, minimum in ((64, 0), (32, 10**9)):
-        chunk._MIN_STATE_PROGRAMS = minimum
-        print(f"  _states with up to {columns} value columns per program: {bench(call):.3f} ms")
-    chunk._MIN_STATE_PROGRAMS = default_minimum
+    for programs in (0, 256, 512, 1024, 2048):
+        chunk._STATE_PROGRAMS = programs
+        print(f"  _states split into runs until {programs} programs (0: one sweep): {bench(call):.3f} ms")
+    chunk._STATE_PROGRAMS = default_programs
     for name in ("_states", "_output", "_gradients"):
         results = []
         for warps in (2, 4, 8):

@@ -105,11 +105,28 @@ def test_chunk_kernels_match_the_naive_oracle(variant, paths, length, chunk, nor
     check_against_naive(variant, paths, length, chunk, normalize, padded)
 
 
-@pytest.mark.parametrize("minimum_programs", [0, 10**9])
-def test_the_states_carry_a_whole_value_dim_or_32_columns_per_program(monkeypatch, minimum_programs):
-    """A value dim of 40 is one 64-column block of _states with enough programs, two of 32 without."""
-    monkeypatch.setattr(kernels, "_MIN_STATE_PROGRAMS", minimum_programs)
-    check_against_naive("d", 1, 37, 16, True, True, value_dim=40)
+def test_the_states_of_a_value_dim_over_64_are_carried_in_blocks_of_64_columns():
+    """A value dim of 80: two programs of _states per sweep, the second with 16 real columns."""
+    check_against_naive("d", 1, 37, 16, True, True, value_dim=80)
+
+
+def test_the_sweeps_over_the_chunks_split_into_runs(monkeypatch):
+    """Seven chunks swept as runs of three, three and one: each run first summed alone, then swept again from what
+    the earlier runs add up to (normalised, so the vector states too, and both sides' states of the backward
+    pass)."""
+    monkeypatch.setattr(kernels, "_MIN_RUN_CHUNKS", 2)
+    monkeypatch.setattr(kernels, "_STATE_PROGRAMS", 10**6)
+    launches = []
+    real_launch = kernels.launch
+
+    def counting(kernel, grid, *args, **meta):
+        if kernel is kernels._states:
+            launches.append((meta["STORE_ALL"], grid[2]))
+        real_launch(kernel, grid, *args, **meta)
+
+    monkeypatch.setattr(kernels, "launch", counting)
+    check_against_naive("s", 2, 110, 16, True, True)
+    assert (False, 4) in launches and (True, 6) in launches
 
 
 def test_a_decay_shared_across_the_batch_gets_its_gradient_summed():
