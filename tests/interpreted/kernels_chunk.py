@@ -125,7 +125,7 @@ def test_the_sweeps_over_the_chunks_split_into_runs(monkeypatch):
         real_launch(kernel, grid, *args, **meta)
 
     monkeypatch.setattr(kernels, "launch", counting)
-    check_against_naive("s", 2, 110, 16, True, True)
+    check_against_naive("s", 1, 100, 16, True, True)
     assert (False, 4) in launches and (True, 6) in launches
 
 
