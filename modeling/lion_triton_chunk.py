@@ -69,9 +69,10 @@ _ROWS = 64  # rows of one tile: chunks larger than this are walked in sub-blocks
 # --chunk-sweep, benchmarks/NOTES.md sessions 8 and 9): 4 warps for the output and gradient tiles (8 before: -0.54
 # and -1.36 ms of LION-D's 5.29 at 16k tokens; 2 warps made the gradients five times slower); each sweep of
 # _states split into runs of at least _MIN_RUN_CHUNKS chunks until about _STATE_PROGRAMS programs run, each
-# carrying up to 64 value columns. One program per sweep spent ~1.9 us per chunk, far from the memory's speed: the
-# runs took _states from 1.30 to 1.12 ms per call at 16k tokens (B 4) and from 0.61 to 0.30 ms at 8k tokens with
-# B 2 (BERT-base MLM at seq 8192's shape), where 32 columns per program had been the better of the single sweeps.
+# carrying up to 64 value columns (with runs, never slower than 32). One program per sweep spent ~1.9 us per chunk,
+# far from the memory's speed: with the runs and the states in bf16, _states took 1.12 ms per call at 16k tokens
+# against 1.46 (`time_kernels.py --profile 16384`) and 2.86 ms per BERT-base MLM step at seq 8192 x 2 against 5.38
+# (`python -m benchmarks.profile_step --task long_mlm`).
 _MIN_RUN_CHUNKS = 16
 _STATE_PROGRAMS = 1024
 _TILE_WARPS = 4
@@ -256,7 +257,8 @@ def _states(
         decay = tl.exp(total)
         state = state * decay + update
         vec = vec * decay + vec_update
-        log_sum += total
+        if not STORE_ALL:
+            log_sum += total
     if not STORE_ALL:
         slot = ends + run
         tl.store(ENDS + slot * x_dim * y_dim + offs_d[:, None] * y_dim + offs_v[None, :], state, mask=store_mask)
@@ -650,8 +652,8 @@ def _states_of(x, y, path, chunk, *, key_side, kpm, rs, extra, extra_mode):
     states = x.new_empty(batch * heads, 2, path.chunks, x_dim, y_dim)
     vec = x.new_empty(batch * heads, 2, path.chunks, x_dim, dtype=torch.float32)
     block_v = min(_block(y_dim), 64)
-    sweeps = cdiv(y_dim, block_v) * batch * heads * 2
-    runs = max(1, min(path.chunks // _MIN_RUN_CHUNKS, _STATE_PROGRAMS // sweeps))
+    columns = cdiv(y_dim, block_v)
+    runs = max(1, min(path.chunks // _MIN_RUN_CHUNKS, _STATE_PROGRAMS // (columns * batch * heads * 2)))
     per_run = cdiv(path.chunks, runs)
     runs = cdiv(path.chunks, per_run)
     ends = x.new_empty(batch * heads, 2, runs - 1, x_dim, y_dim, dtype=torch.float32)
@@ -667,7 +669,6 @@ def _states_of(x, y, path, chunk, *, key_side, kpm, rs, extra, extra_mode):
         HAS_ORDER=path.order is not None, HAS_KPM=kpm is not None, HAS_RS=rs is not None, EXTRA_MODE=extra_mode,
         PRECISION=_precision(x.dtype), num_warps=4,
     )  # fmt: skip
-    columns = cdiv(y_dim, block_v)
     if runs > 1:
         launch(_states, (columns, batch * heads, 2 * (runs - 1)), *arguments, STORE_ALL=False, **options)
     launch(_states, (columns, batch * heads, 2 * runs), *arguments, STORE_ALL=True, **options)

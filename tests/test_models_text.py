@@ -458,10 +458,11 @@ def test_projections_of_one_input_keep_one_autocast_copy_of_it_for_the_backward(
         assert all(t.dtype == torch.bfloat16 for t in tensors), layer
 
 
-def test_the_heads_layer_norm_runs_in_the_autocast_dtype_and_keeps_no_float32_copy():
-    """LION-LIT's LayerNorm after the heads: under autocast, in bf16 (statistics in float32 inside the kernel), the
-    bf16 output that float32 statistics and weights round to, gradients for the float32 weights, and only bf16
-    activations of the hidden size kept for the backward."""
+def test_the_heads_layer_norm_runs_in_the_input_dtype_and_keeps_no_float32_copy():
+    """LION-LIT's LayerNorm after the heads, on bf16 inputs under autocast: the bf16 output that float32
+    statistics and weights round to, gradients for the float32 weights, and only bf16 activations of the hidden
+    size kept for the backward. (CPU autocast leaves layer_norm in bf16 anyway; CUDA's runs it in float32, which is
+    what in_input_dtype avoids: the memory it saves there is measured on a GPU, benchmarks/NOTES.md session 9.)"""
     from lion_hf.modeling.modeling_lion import in_input_dtype
 
     norm = torch.nn.LayerNorm(32)
@@ -484,4 +485,3 @@ def test_the_heads_layer_norm_runs_in_the_autocast_dtype_and_keeps_no_float32_co
     out.float().sum().backward()
     assert norm.weight.grad.dtype == torch.float32 and norm.weight.grad.abs().sum() > 0
     assert x.grad.dtype == torch.bfloat16
-    assert_close(in_input_dtype(norm, x.detach().float()), norm(x.detach().float()), rtol=0, atol=0)

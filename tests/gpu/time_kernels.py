@@ -1,6 +1,6 @@
 """Timings of the fused parallel-form kernels on a GPU: the device's ceilings, the operator against SDPA, and a sweep
 of tile sizes per kernel. ``python tests/gpu/time_kernels.py [--sweep]``; ``--profile 4096,16384``: the GPU time
-of each kernel of one operator call; ``--chunk-sweep 16384``: the chunk kernels' launch options; medians of ``triton.testing.do_bench``.
+of each kernel of one operator call; ``--chunk-sweep 16384 [--batch 4]``: the chunk kernels' launch options; medians of ``triton.testing.do_bench``.
 
 Not collected by pytest. What it printed on an H200 is in benchmarks/NOTES.md.
 """
@@ -146,23 +146,29 @@ def sweep() -> None:
             print(f"  {kernel}: " + ", ".join(f"{c} {ms:.3f}" for c, ms in results))
 
 
+def kernel_times(call) -> dict[str, list[float]]:
+    """``kernel name -> [ms of each launch]`` in one ``call()`` (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+        call()
+        torch.cuda.synchronize()
+    kernels: dict[str, list[float]] = {}
+    for event in profiler.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA and not event.is_user_annotation:
+            kernels.setdefault(event.name[:60], []).append(event.time_range.elapsed_us() / 1e3)
+    return kernels
+
+
 def kernel_profile(lengths) -> None:
     """Where the GPU time of one operator call goes (forward + backward, the kernels' summed durations), per
     variant, at lengths that take the chunk kernels."""
-    from torch.profiler import ProfilerActivity, profile
-
     for length in lengths:
         inputs = operator_inputs(length)
         for variant in ("lit", "d", "s"):
             call = lion_call(variant, 1, "triton", *inputs)
             total = bench(call)
-            with profile(activities=[ProfilerActivity.CUDA]) as profiler:
-                call()
-                torch.cuda.synchronize()
-            kernels: dict[str, list[float]] = {}
-            for event in profiler.events():
-                if event.device_type == torch.autograd.DeviceType.CUDA and not event.is_user_annotation:
-                    kernels.setdefault(event.name[:60], []).append(event.time_range.elapsed_us() / 1e3)
+            kernels = kernel_times(call)
             rows = sorted(kernels.items(), key=lambda item: -sum(item[1]))
             summed = sum(sum(t) for t in kernels.values())
             print(f"\nprofile N={length} {variant}: {total:.3f} ms per call (do_bench), kernels {summed:.3f} ms")
@@ -170,18 +176,23 @@ def kernel_profile(lengths) -> None:
                 print(f"  {sum(times):7.3f} ms  x{len(times):<3} {name}")
 
 
-def chunk_sweep(length: int) -> None:
-    """LION-D at ``length`` tokens through the chunk kernels, forward + backward: each kernel's launch options
-    (and the programs that ``_states`` splits its sweeps to) varied with the others at their defaults."""
+def chunk_sweep(length: int, batch: int) -> None:
+    """LION-D at ``length`` tokens through the chunk kernels, forward + backward: how ``_states`` splits its sweeps
+    into runs (the call's time and ``_states``' GPU time per call), then each kernel's launch options, varied with
+    the others at their defaults."""
     from lion_hf.modeling import lion_triton_chunk as chunk
 
-    call = lion_call("d", 1, "triton", *operator_inputs(length))
-    default_launch, default_programs = chunk.launch, chunk._STATE_PROGRAMS
-    print(f"\nchunk sweep, LION-D, N={length}: defaults {bench(call):.3f} ms")
+    call = lion_call("d", 1, "triton", *operator_inputs(length, batch=batch))
+    default_launch, defaults = chunk.launch, (chunk._STATE_PROGRAMS, chunk._MIN_RUN_CHUNKS)
+    print(f"\nchunk sweep, LION-D, N={length}, B={batch}: defaults {bench(call):.3f} ms")
     for programs in (0, 256, 512, 1024, 2048):
-        chunk._STATE_PROGRAMS = programs
-        print(f"  _states split into runs until {programs} programs (0: one sweep): {bench(call):.3f} ms")
-    chunk._STATE_PROGRAMS = default_programs
+        for min_chunks in (8, 16):
+            chunk._STATE_PROGRAMS, chunk._MIN_RUN_CHUNKS = programs, min_chunks
+            ms = bench(call)
+            states = sum(kernel_times(call).get("_states", []))
+            print(f"  _states in runs of >= {min_chunks} chunks up to {programs} programs (0: one sweep): call "
+                  f"{ms:.3f} ms, _states {states:.3f} ms")
+    chunk._STATE_PROGRAMS, chunk._MIN_RUN_CHUNKS = defaults
     for name in ("_states", "_output", "_gradients"):
         results = []
         for warps in (2, 4, 8):
@@ -208,10 +219,11 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="also sweep the tile sizes of each kernel")
     parser.add_argument("--profile", metavar="N,N,...", help="only the per-kernel GPU time at these lengths")
     parser.add_argument("--chunk-sweep", type=int, metavar="N", help="only the chunk kernels' launch options at N tokens")
+    parser.add_argument("--batch", type=int, default=BATCH, help=f"batch of --chunk-sweep (default {BATCH})")
     args = parser.parse_args()
     print(torch.cuda.get_device_name(), torch.__version__, triton.__version__)
     if args.chunk_sweep:
-        chunk_sweep(args.chunk_sweep)
+        chunk_sweep(args.chunk_sweep, args.batch)
         return
     if args.profile:
         kernel_profile([int(n) for n in args.profile.split(",")])
