@@ -80,16 +80,45 @@ def shared_autocast_input(x: torch.Tensor) -> torch.Tensor:
     return as_dtype(x, compute_dtype(x))
 
 
-def in_input_dtype(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    """``norm(x)`` in ``x``'s dtype where that is a lower precision (PyTorch's kernels form the statistics in
-    float32 anyway). Autocast would run it in float32: the float32 copy of ``x`` it keeps for the backward and the
-    float32 output that the next projection casts back (and keeps) made LION-LIT's text models, the ones with this
-    LayerNorm after the heads, take ~7% more training memory than the other variants (benchmarks/NOTES.md)."""
-    if x.dtype in (torch.float32, torch.float64):
-        return norm(x)
+class _NormalizedProjection(torch.autograd.Function):
+    """``linear(layer_norm(x))`` in ``x``'s dtype, keeping ``x`` (and the statistics) for the backward instead of
+    the normalised ``x``: the backward forms it again, one elementwise kernel. ``x`` is the attention's output,
+    which the attention's own backward keeps anyway, so the pair keeps no activation of its own; kept, the
+    normalised heads cost LION-LIT's text models 25 MB per layer at BERT-base seq 128 batch 128, ~2% of the
+    step's peak (benchmarks/NOTES.md, session 10)."""
+
+    @staticmethod
+    def forward(ctx, x, norm_weight, norm_bias, eps, weight, bias):
+        shape = (x.shape[-1],)
+        # Weights in x's dtype (PyTorch's LayerNorm forms its statistics in float32 anyway); autocast would run
+        # the norm in float32 and keep a float32 copy of x for it.
+        norm_weight, norm_bias, weight = (as_dtype(p, x.dtype) for p in (norm_weight, norm_bias, weight))
+        normalized, mean, rstd = torch.native_layer_norm(x, shape, norm_weight, norm_bias, eps)
+        ctx.save_for_backward(x, mean, rstd, norm_weight, norm_bias, weight)
+        ctx.eps = eps
+        return F.linear(normalized, weight, None if bias is None else as_dtype(bias, x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, mean, rstd, norm_weight, norm_bias, weight = ctx.saved_tensors
+        shape = (x.shape[-1],)
+        grad = as_dtype(grad, x.dtype)
+        normalized = torch.native_layer_norm(x, shape, norm_weight, norm_bias, ctx.eps)[0]
+        flat_grad = grad.reshape(-1, grad.shape[-1])
+        grad_weight = flat_grad.t() @ normalized.reshape(-1, shape[0])
+        grad_bias = flat_grad.sum(0) if ctx.needs_input_grad[5] else None
+        grad_x, grad_norm_weight, grad_norm_bias = torch.ops.aten.native_layer_norm_backward(
+            grad @ weight, x, shape, mean, rstd, norm_weight, norm_bias, [True, True, True]
+        )
+        return grad_x, grad_norm_weight, grad_norm_bias, None, grad_weight, grad_bias
+
+
+def normalized_projection(norm: nn.LayerNorm, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``linear(norm(x))`` computed in ``x``'s compute dtype (autocast's, where autocast is on), one autograd node
+    that keeps no copy of the normalised ``x`` (``_NormalizedProjection``)."""
+    x = as_dtype(x, compute_dtype(x))
     with torch.autocast(x.device.type, enabled=False):
-        weight, bias = (as_dtype(p, x.dtype) for p in (norm.weight, norm.bias))
-        return F.layer_norm(x, norm.normalized_shape, weight, bias, norm.eps)
+        return _NormalizedProjection.apply(x, norm.weight, norm.bias, norm.eps, linear.weight, linear.bias)
 
 
 class LionMixer(nn.Module):
@@ -209,7 +238,8 @@ class LionSelfAttention(LionMixer):
         context, weights = self.mix(
             q, k, v, hidden_states, key_padding_mask=key_padding_mask, output_attentions=output_attentions
         )
-        return (context if self.layer_norm is None else in_input_dtype(self.layer_norm, context)), weights
+        # The heads' LayerNorm (self.layer_norm) is applied by LionSelfOutput, in one node with its projection.
+        return context, weights
 
 
 class LionSelfOutput(nn.Module):
@@ -221,8 +251,13 @@ class LionSelfOutput(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states, input_tensor):
-        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+    def forward(self, hidden_states, input_tensor, norm: nn.LayerNorm | None = None):
+        """``norm``: a LayerNorm applied to ``hidden_states`` before the projection."""
+        if norm is None:
+            projected = self.dense(hidden_states)
+        else:
+            projected = normalized_projection(norm, self.dense, hidden_states)
+        return self.LayerNorm(self.dropout(projected) + input_tensor)
 
 
 class LionAttention(nn.Module):
@@ -233,7 +268,7 @@ class LionAttention(nn.Module):
 
     def forward(self, hidden_states, key_padding_mask=None, output_attentions=False):
         context, _ = self.self(hidden_states, key_padding_mask, output_attentions)
-        return self.output(context, hidden_states)
+        return self.output(context, hidden_states, self.self.layer_norm)
 
 
 class LionIntermediate(nn.Module):
