@@ -1014,13 +1014,19 @@ def _long_parallel_unsupported(q, *args, **options) -> str | None:
 
 # Tried in this order by the "auto" backend; fused kernels go before the PyTorch forms they replace.
 IMPLEMENTATIONS: tuple[AttentionImplementation, ...] = (
-    AttentionImplementation("triton", "parallel", _triton_chunk("chunk"), _long_parallel_unsupported),
+    AttentionImplementation(
+        "triton", "parallel", _triton_chunk("chunk"), _long_parallel_unsupported, bounds_decays=True
+    ),
     AttentionImplementation(
         "triton", "parallel", _triton_parallel, _triton_parallel_unsupported, maps_features=True, bounds_decays=True
     ),
     AttentionImplementation("pytorch", "parallel", _pytorch_form(_parallel_form), _runs_anywhere),
-    AttentionImplementation("triton", "chunk", _triton_chunk("chunk"), _triton_chunk("unsupported")),
+    AttentionImplementation(
+        "triton", "chunk", _triton_chunk("chunk"), _triton_chunk("unsupported"), bounds_decays=True
+    ),
     AttentionImplementation("pytorch", "chunk", _pytorch_form(_chunk_form), _runs_anywhere),
-    AttentionImplementation("triton", "recurrent", _triton_chunk("recurrent"), _triton_chunk("unsupported")),
+    AttentionImplementation(
+        "triton", "recurrent", _triton_chunk("recurrent"), _triton_chunk("unsupported"), bounds_decays=True
+    ),
     AttentionImplementation("pytorch", "recurrent", _pytorch_form(_recurrent_form), _runs_anywhere),
 )

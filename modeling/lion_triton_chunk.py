@@ -35,6 +35,10 @@ PyTorch: its range would not hold the states of long sequences once rounded for 
 Log-decays are clamped at -60 (a decay under 1e-26, indistinguishable from 0 next to the diagonal's 1), which
 keeps differences of running sums finite.
 
+Calls: the forward and backward are ``torch.library`` operators, which ``torch.compile`` keeps in its graph; eager
+calls take an ``autograd.Function`` around the same launches (``_EagerChunkAttention``), which also bounds the
+log-decays, gathers them along the paths and gives their gradients itself (less host time per layer).
+
 Memory: the forward pass keeps only its output and (normalised) one float32 row sum per token for the backward
 pass, which forms the states again. The states themselves take ``2 * N / C * D * Dv`` entries per head and path.
 
@@ -50,11 +54,21 @@ import os
 
 import torch
 
+from .lion_attention import as_dtype, bounded_log_decays, is_constant_along_length, order_steps
+
 try:
     import triton
     import triton.language as tl
 
-    from .lion_triton import MAX_BATCH_HEADS, along_path_gradient, cdiv, launch, next_power_of_2, op_prefix
+    from .lion_triton import (
+        MAX_BATCH_HEADS,
+        _constant_gradient,
+        along_path_gradient,
+        cdiv,
+        launch,
+        next_power_of_2,
+        op_prefix,
+    )
 except ImportError:  # a checkpoint must load without Triton; unsupported() then names the reason
     triton = tl = None
 
@@ -522,14 +536,17 @@ def _gradients(
 
 
 @_jit
-def _row_dot(A, B, SCALE, OUT, n_rows, n_cols, BR: tl.constexpr, BC: tl.constexpr):
-    """``OUT = -SCALE * rowsum(A * B)`` in float32: the gradient of the row sums of a normalised output."""
+def _row_dot(A, B, MEAN, RS, OUT, n_rows, n_cols, eps, paths, BR: tl.constexpr, BC: tl.constexpr):
+    """``RS = 1 / (paths * (MEAN + eps))``, the factor of a normalised output's gradient for each path's
+    numerator, and ``OUT = -RS * rowsum(A * B)``, that of its row sums, in float32 (one launch for both)."""
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     cols = tl.arange(0, BC)
     mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
     a = tl.load(A + rows[:, None] * n_cols + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     b = tl.load(B + rows[:, None] * n_cols + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    scale = tl.load(SCALE + rows, mask=rows < n_rows, other=0.0)
+    mean = tl.load(MEAN + rows, mask=rows < n_rows, other=1.0)
+    scale = 1.0 / (paths * (mean + eps))
+    tl.store(RS + rows, scale, mask=rows < n_rows)
     tl.store(OUT + rows, -scale * tl.sum(a * b, 1), mask=rows < n_rows)
 
 
@@ -631,13 +648,14 @@ def _warps(rows: int) -> int:
 
 
 class _Path:
-    """One path's decays as the kernels read them: padded to whole chunks, with chunk-local running sums."""
+    """One path's decays as the kernels read them: padded to whole chunks, with chunk-local running sums.
+    ``log_decay``: ``(B or 1, H, N)`` float32 in path order, bounded; ``order`` a permutation or empty."""
 
-    def __init__(self, log_decay: torch.Tensor, order: torch.Tensor | None, chunk: int):
+    def __init__(self, log_decay: torch.Tensor, order: torch.Tensor, chunk: int):
         decay_batch, heads, length = log_decay.shape
         padded = -(-length // chunk) * chunk
         # Padded steps have decay 1 (log 0): the last entry of every chunk is then its total.
-        self.log_decay = torch.nn.functional.pad(log_decay, (0, padded - length)).contiguous()
+        self.log_decay = torch.nn.functional.pad(log_decay, (0, padded - length))
         self.sums = self.log_decay.view(decay_batch, heads, padded // chunk, chunk).cumsum(-1).view_as(self.log_decay)
         self.order = order if order.numel() else None
         self.batch_stride = 1 if decay_batch > 1 else 0
@@ -698,7 +716,9 @@ def _total_of(x, y, *, kpm, rs, extra, extra_mode):
     return parts.sum(1), vec.sum(1)
 
 
-def _forward(q, k, v, log_decays, orders, kpm, chunk, normalize, eps):
+def _forward(q, k, v, paths, kpm, chunk, normalize, eps):
+    """The output and (with ``normalize``; else empty) the row sums averaged over ``paths`` (``_Path``s; none
+    for LION-LIT), kept for the backward."""
     batch, heads, length, dim = q.shape
     value_dim = v.shape[-1]
     out = torch.empty(batch, heads, length, value_dim, dtype=q.dtype, device=q.device)
@@ -706,7 +726,7 @@ def _forward(q, k, v, log_decays, orders, kpm, chunk, normalize, eps):
     rows = min(chunk, _ROWS)
     common = dict(BT=rows, BD=_block(dim), BV=_block(value_dim), HAS_KPM=kpm is not None, NORMALIZE=normalize,
                   PRECISION=_precision(q.dtype), num_warps=_TILE_WARPS)  # fmt: skip
-    if not log_decays:
+    if not paths:
         total, vec = _total_of(k, v, kpm=kpm, rs=None, extra=None, extra_mode=1 if normalize else 0)
         grid = (cdiv(length, rows), batch * heads)
         launch(
@@ -716,11 +736,10 @@ def _forward(q, k, v, log_decays, orders, kpm, chunk, normalize, eps):
             C=rows, HAS_DECAY=False, HAS_ORDER=False, FIRST=True, LAST=True, **common,
         )
         return out, mean_den
-    paths = len(log_decays)
-    acc = out if paths == 1 else torch.empty(out.shape, dtype=torch.float32, device=q.device)
-    den = mean_den if paths == 1 or not normalize else torch.empty_like(mean_den)
-    for index, (log_decay, order) in enumerate(zip(log_decays, orders)):
-        path = _Path(log_decay, order, chunk)
+    count = len(paths)
+    acc = out if count == 1 else torch.empty(out.shape, dtype=torch.float32, device=q.device)
+    den = mean_den if count == 1 or not normalize else torch.empty_like(mean_den)
+    for index, path in enumerate(paths):
         order = path.order
         states, vec = _states_of(k, v, path, chunk, key_side=True, kpm=kpm, rs=None, extra=None,
                                  extra_mode=1 if normalize else 0)  # fmt: skip
@@ -728,8 +747,8 @@ def _forward(q, k, v, log_decays, orders, kpm, chunk, normalize, eps):
             _output, (path.chunks * chunk // rows, batch * heads),
             q, k, v, path.sums, path.log_decay, order if order is not None else q, kpm if kpm is not None else q,
             states, vec, out, acc, den, mean_den,
-            heads, length, path.chunks, dim, value_dim, path.batch_stride, paths, eps,
-            C=chunk, HAS_DECAY=True, HAS_ORDER=order is not None, FIRST=index == 0, LAST=index == paths - 1, **common,
+            heads, length, path.chunks, dim, value_dim, path.batch_stride, count, eps,
+            C=chunk, HAS_DECAY=True, HAS_ORDER=order is not None, FIRST=index == 0, LAST=index == count - 1, **common,
         )
     return out, mean_den
 
@@ -743,29 +762,30 @@ def _decay_gradient(d_exclusive, d_inclusive, length, decay_batch):
     return grad.float()
 
 
-def _backward(grad, q, k, v, out, mean_den, log_decays, orders, kpm, chunk, normalize, eps):
+def _backward(grad, q, k, v, out, mean_den, paths, kpm, chunk, normalize, eps):
+    """``dq, dk, dv`` and one gradient of each path's log-decays (as ``_Path`` takes them)."""
     batch, heads, length, dim = q.shape
     value_dim = v.shape[-1]
     grad = grad.contiguous()
-    paths = max(1, len(log_decays))
+    count = max(1, len(paths))
     # The gradient of one path's numerator is grad * rs; with normalize, that of its row sums is dd.
     if normalize:
-        rs = 1.0 / (paths * (mean_den + eps))
-        dd = torch.empty_like(rs)
+        rs, dd = torch.empty_like(mean_den), torch.empty_like(mean_den)
         rows = 32
         launch(
             _row_dot, (cdiv(batch * heads * length, rows),),
-            grad, out, rs, dd, batch * heads * length, value_dim, BR=rows, BC=_block(value_dim), num_warps=4
-        )
+            grad, out, mean_den, rs, dd, batch * heads * length, value_dim, eps, count, BR=rows,
+            BC=_block(value_dim), num_warps=4,
+        )  # fmt: skip
     else:
-        rs = torch.full((batch, heads, length), 1.0 / paths, dtype=torch.float32, device=q.device)
+        rs = torch.full((batch, heads, length), 1.0 / count, dtype=torch.float32, device=q.device)
         dd = rs
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     rows = min(chunk, _ROWS)
     common = dict(BT=rows, BD=_block(dim), BV=_block(value_dim), HAS_KPM=kpm is not None, NORMALIZE=normalize,
                   PRECISION=_precision(q.dtype), num_warps=_TILE_WARPS)  # fmt: skip
     extra_mode = 2 if normalize else 0
-    if not log_decays:
+    if not paths:
         total, vec = _total_of(k, v, kpm=kpm, rs=None, extra=None, extra_mode=1 if normalize else 0)
         gtotal, gvec = _total_of(q, grad, kpm=None, rs=rs, extra=dd, extra_mode=extra_mode)
         launch(
@@ -775,13 +795,12 @@ def _backward(grad, q, k, v, out, mean_den, log_decays, orders, kpm, chunk, norm
             C=rows, HAS_DECAY=False, HAS_ORDER=False, FIRST=True, LAST=True, **common,
         )
         return dq, dk, dv, []
-    if paths == 1:
+    if count == 1:
         accumulators = (dq, dk, dv)
     else:
         accumulators = tuple(torch.empty(t.shape, dtype=torch.float32, device=q.device) for t in (dq, dk, dv))
     decay_grads = []
-    for index, (log_decay, order) in enumerate(zip(log_decays, orders)):
-        path = _Path(log_decay, order, chunk)
+    for index, path in enumerate(paths):
         order = path.order
         states, vec = _states_of(k, v, path, chunk, key_side=True, kpm=kpm, rs=None, extra=None,
                                  extra_mode=1 if normalize else 0)  # fmt: skip
@@ -795,32 +814,31 @@ def _backward(grad, q, k, v, out, mean_den, log_decays, orders, kpm, chunk, norm
             kpm if kpm is not None else q, states, vec, gstates, gvec,
             dq, dk, dv, *accumulators, d_exclusive, d_inclusive,
             heads, length, path.chunks, dim, value_dim, path.batch_stride,
-            C=chunk, HAS_DECAY=True, HAS_ORDER=order is not None, FIRST=index == 0, LAST=index == paths - 1, **common,
+            C=chunk, HAS_DECAY=True, HAS_ORDER=order is not None, FIRST=index == 0, LAST=index == count - 1, **common,
         )
-        decay_grads.append(_decay_gradient(d_exclusive, d_inclusive, length, log_decay.shape[0]))
+        decay_grads.append(_decay_gradient(d_exclusive, d_inclusive, length, path.log_decay.shape[0]))
     return dq, dk, dv, decay_grads
 
 
-def _recurrent_forward(q, k, v, log_decays, orders, kpm, chunk, normalize, eps):
+def _recurrent_forward(q, k, v, paths, kpm, chunk, normalize, eps):
     batch, heads, length, dim = q.shape
     value_dim = v.shape[-1]
     out = torch.empty(batch, heads, length, value_dim, dtype=q.dtype, device=q.device)
-    paths = len(log_decays)
+    count = len(paths)
     # A single path keeps what sweep 1 leaves each token in the output itself; several add up in float32.
-    acc = out if paths == 1 else torch.empty(out.shape, dtype=torch.float32, device=q.device)
+    acc = out if count == 1 else torch.empty(out.shape, dtype=torch.float32, device=q.device)
     block_v = min(_block(value_dim), 64)
     columns = cdiv(value_dim, block_v)
     den = q.new_empty((columns, batch * heads, length) if normalize else (0,), dtype=torch.float32)
     rows = min(chunk, _ROWS)
-    for index, (log_decay, order) in enumerate(zip(log_decays, orders)):
-        path = _Path(log_decay, order, chunk)
+    for index, path in enumerate(paths):
         order = path.order
         launch(
             _recurrent, (columns, batch * heads),
             q, k, v, path.sums, path.log_decay, order if order is not None else q, kpm if kpm is not None else q,
-            out, acc, den, heads, length, path.chunks, dim, value_dim, path.batch_stride, paths, eps,
+            out, acc, den, heads, length, path.chunks, dim, value_dim, path.batch_stride, count, eps,
             C=chunk, BT=rows, BD=_block(dim), BV=block_v, HAS_ORDER=order is not None, HAS_KPM=kpm is not None,
-            NORMALIZE=normalize, FIRST=index == 0, LAST=index == paths - 1, PRECISION=_precision(q.dtype),
+            NORMALIZE=normalize, FIRST=index == 0, LAST=index == count - 1, PRECISION=_precision(q.dtype),
             num_warps=_warps(rows),
         )
     return out
@@ -839,7 +857,8 @@ def _chunk_attention(
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The output and (with ``normalize``; else empty) the row sums averaged over paths, kept for backward."""
-    return _forward(q, k, v, log_decays, orders, key_padding_mask, chunk_size, normalize, eps)
+    paths = _paths(log_decays, orders, chunk_size)
+    return _forward(q, k, v, paths, key_padding_mask, chunk_size, normalize, eps)
 
 
 @_chunk_attention.register_fake
@@ -854,7 +873,8 @@ def _chunk_attention_backward(
     mean_den: torch.Tensor, log_decays: list[torch.Tensor], orders: list[torch.Tensor],
     key_padding_mask: torch.Tensor | None, chunk_size: int, normalize: bool, eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-    return _backward(grad, q, k, v, out, mean_den, log_decays, orders, key_padding_mask, chunk_size, normalize, eps)
+    paths = _paths(log_decays, orders, chunk_size)
+    return _backward(grad, q, k, v, out, mean_den, paths, key_padding_mask, chunk_size, normalize, eps)
 
 
 @_chunk_attention_backward.register_fake
@@ -888,7 +908,8 @@ def _recurrent_attention(
     orders: list[torch.Tensor], key_padding_mask: torch.Tensor | None, chunk_size: int, normalize: bool,
     eps: float,
 ) -> torch.Tensor:
-    return _recurrent_forward(q, k, v, log_decays, orders, key_padding_mask, chunk_size, normalize, eps)
+    paths = _paths(log_decays, orders, chunk_size)
+    return _recurrent_forward(q, k, v, paths, key_padding_mask, chunk_size, normalize, eps)
 
 
 @_recurrent_attention.register_fake
@@ -925,19 +946,83 @@ def unsupported(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_
     return None
 
 
-def _operator_arguments(log_decays, orders, key_padding_mask):
-    """Decays as the operators take them: per path, in path order, float32, clamped (differentiably, outside);
-    orders as tensors, empty for the natural order (the operators' schema has no optional list entries); the
-    padding mask as int8."""
-    kpm = None if key_padding_mask is None else key_padding_mask.view(torch.int8)
-    if log_decays is None:
-        return [], [], kpm
+def _paths(log_decays, orders, chunk):
+    return [_Path(log_decay, order, chunk) for log_decay, order in zip(log_decays, orders)]
+
+
+def _along_paths(log_decays, orders, spanned):
+    """The log-decays as the kernels take them (see ``_Path``): per path, in path order, float32, bounded as
+    ``bounded_log_decays`` bounds them (``spanned``: see there) and clamped at ``_MIN_LOG_DECAY``; orders as
+    tensors, empty for the natural order (the operators' schema has no optional list entries). Differentiable
+    where autograd records it (under torch.compile); the eager node gives the gradient itself."""
     paths, steps = [], []
     for log_decay, order in zip(log_decays, orders):
-        along = log_decay if order is None else log_decay[..., order]
-        paths.append(along.float().clamp(min=_MIN_LOG_DECAY).contiguous())
+        if is_constant_along_length(log_decay):
+            # One value per head: in every order the same, the bounds those of its first token.
+            along = log_decay[..., :1].float().clamp(min=_MIN_LOG_DECAY).expand(log_decay.shape)
+        else:
+            along = bounded_log_decays([log_decay.float()], spanned)[0].clamp(min=_MIN_LOG_DECAY)
+            along = along if order is None else along[..., order]
+        paths.append(along.contiguous())
         steps.append(order if order is not None else log_decay.new_empty(0, dtype=torch.long))
-    return paths, steps, kpm
+    return paths, steps
+
+
+def _passing(log_decays, spanned):
+    """Where ``_along_paths`` leaves each log-decay as it is, i.e. where its gradient passes, in token order:
+    ``(B or 1, H, 1)`` for one constant along the tokens (see ``bounds_passing``; the clamp at
+    ``_MIN_LOG_DECAY`` is the tighter bound)."""
+    passing = []
+    for log_decay in log_decays:
+        if is_constant_along_length(log_decay):
+            passing.append(log_decay[..., :1] >= _MIN_LOG_DECAY)
+            continue
+        passed = log_decay >= _MIN_LOG_DECAY
+        if spanned is not None:
+            passed = passed & (spanned[:, None, :] | log_decay.isfinite())
+        passing.append(passed)
+    return passing
+
+
+class _EagerChunkAttention(torch.autograd.Function):
+    """The chunk kernels' forward and backward for eager mode, with the log-decays' bounds, dtype and path orders
+    inside: one autograd node for the layer's token mixing, where the operators' autograd (a Python layer of
+    torch.library) and that of the decays' preparation cost the host several dispatches per layer; the backward
+    reuses the forward's chunk sums of the decays (``_Path``) instead of forming them again."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, key_padding_mask, chunk, normalize, eps, orders, *log_decays):
+        kpm = _int8(key_padding_mask)
+        paths = _paths(*_along_paths(log_decays, orders, key_padding_mask), chunk)
+        out, mean_den = _forward(q, k, v, paths, kpm, chunk, normalize, eps)
+        ctx.save_for_backward(q, k, v, out, mean_den)
+        ctx.paths, ctx.kpm, ctx.options = paths, kpm, (chunk, normalize, eps)
+        ctx.passing = _passing(log_decays, key_padding_mask) if any(ctx.needs_input_grad[8:]) else None
+        ctx.decays = [(log_decay.shape, log_decay.dtype) for log_decay in log_decays]
+        ctx.orders = orders
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, out, mean_den = ctx.saved_tensors
+        dq, dk, dv, path_grads = _backward(grad, q, k, v, out, mean_den, ctx.paths, ctx.kpm, *ctx.options)
+        if ctx.passing is None:
+            grads = [None] * len(ctx.decays)
+        else:
+            grads = [
+                _token_gradient(g, order, passing, *decay)
+                for g, order, passing, decay in zip(path_grads, ctx.orders, ctx.passing, ctx.decays)
+            ]
+        return dq, dk, dv, None, None, None, None, None, *grads
+
+
+def _token_gradient(grad, order, passing, shape, dtype):
+    """The gradient of a path's log-decays (path order) as that of the tensor passed (token order): for one that
+    is constant along the tokens, all of it on the first token (see ``lion_triton._constant_gradient``)."""
+    if passing.shape[-1] == 1:
+        return _constant_gradient(grad.sum(-1), passing, shape, dtype)
+    grad = grad if order is None else grad[..., order_steps(order)]
+    return as_dtype(torch.where(passing, grad, 0.0).sum_to_size(shape), dtype)
 
 
 # Without gradients to compute, from this many tokens on the chunk form runs the kernel that keeps its states in
@@ -953,11 +1038,17 @@ def _needs_grad(q, k, v, log_decays) -> bool:
 
 
 def chunk_form(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_padding_mask, dropout_p):
-    """The chunk kernels; for inference on long inputs, the same sums with the states kept on chip."""
-    decays, steps, kpm = _operator_arguments(log_decays, orders, key_padding_mask)
-    if decays and q.shape[2] >= ON_CHIP_STATES_FROM_LENGTH and not _needs_grad(q, k, v, log_decays):
-        return _recurrent_attention(q, k, v, decays, steps, kpm, chunk_size, normalize, eps)
-    return _chunk_attention(q, k, v, decays, steps, kpm, chunk_size, normalize, eps)[0]
+    """The chunk kernels; for inference on long inputs, the same sums with the states kept on chip. The
+    log-decays come unbounded where the caller skipped the value checks (``bounds_decays``)."""
+    if log_decays and q.shape[2] >= ON_CHIP_STATES_FROM_LENGTH and not _needs_grad(q, k, v, log_decays):
+        return recurrent_form(q, k, v, log_decays, orders, chunk_size=chunk_size, normalize=normalize, eps=eps,
+                              key_padding_mask=key_padding_mask, dropout_p=dropout_p)  # fmt: skip
+    if not torch.compiler.is_compiling():
+        return _EagerChunkAttention.apply(
+            q, k, v, key_padding_mask, chunk_size, normalize, eps, orders or [], *(log_decays or ())
+        )
+    decays, steps = _along_paths(log_decays or (), orders or (), key_padding_mask)
+    return _chunk_attention(q, k, v, decays, steps, _int8(key_padding_mask), chunk_size, normalize, eps)[0]
 
 
 def recurrent_form(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_padding_mask, dropout_p):
@@ -965,8 +1056,13 @@ def recurrent_form(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, k
     if log_decays is None or _needs_grad(q, k, v, log_decays):
         return chunk_form(q, k, v, log_decays, orders, chunk_size=chunk_size, normalize=normalize, eps=eps,
                           key_padding_mask=key_padding_mask, dropout_p=dropout_p)  # fmt: skip
-    decays, steps, kpm = _operator_arguments(log_decays, orders, key_padding_mask)
-    return _recurrent_attention(q, k, v, decays, steps, kpm, chunk_size, normalize, eps)
+    decays, steps = _along_paths(log_decays, orders, key_padding_mask)
+    return _recurrent_attention(q, k, v, decays, steps, _int8(key_padding_mask), chunk_size, normalize, eps)
+
+
+def _int8(key_padding_mask):
+    """The padding mask as the operators take it."""
+    return None if key_padding_mask is None else key_padding_mask.view(torch.int8)
 
 
 ENTRIES = {"chunk": chunk_form, "recurrent": recurrent_form, "unsupported": unsupported}

@@ -152,6 +152,33 @@ def test_recurrent_kernel_matches_the_naive_oracle_and_the_pytorch_forms(variant
         assert relative_error(out, pytorch) < TOLERANCE
 
 
+def test_unchecked_decays_are_bounded_inside_one_autograd_node():
+    """With check_values=False (as the models call it) the eager node bounds the log-decays itself: decays of 0
+    (log -inf) and below the kernels' clamp among the real tokens, NaN and inf in the padding; output and every
+    gradient as the PyTorch form gives them, and no autograd node between the decays' own and the kernels'."""
+    params, decays, orders = make_inputs("s", 2, 70)
+    kpm = padding(70)
+    pad = ~kpm[:, None, :]
+
+    def extreme():
+        bent = []
+        for p, log_decay in enumerate(decays()):
+            log_decay = torch.where(pad, float("nan") if p == 0 else float("inf"), log_decay)
+            log_decay = torch.where(torch.arange(70) == 20, float("-inf"), log_decay)
+            bent.append(torch.where(torch.arange(70) == 33, log_decay * 80.0, log_decay))
+        return bent
+
+    options = dict(form="chunk", chunk_size=16, normalize=True, key_padding_mask=kpm, check_values=False)
+    out = lion_attention(*params[:3], extreme(), orders, backend="triton", **options)
+    assert type(out.grad_fn).__name__ == "_EagerChunkAttentionBackward"
+    assert {type(node).__name__ for node, _ in out.grad_fn.next_functions if node is not None} >= {"WhereBackward0"}
+    expected = lion_attention(*params[:3], extreme(), orders, backend="pytorch", **options)
+    assert relative_error(out, expected) < TOLERANCE
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    for got, want in zip(torch.autograd.grad(out, params, grad), torch.autograd.grad(expected, params, grad)):
+        assert got.isfinite().all() and relative_error(got, want) < TOLERANCE
+
+
 def test_recurrent_form_with_gradients_runs_the_chunk_kernels():
     check_against_naive("s", 2, 40, 16, True, True, form="recurrent")
 
