@@ -57,8 +57,13 @@ TASKS = {
     "long_mlm": (TEXT_MODELS, list(TEXT_MODELS), 2, 8192),
 }
 LONG = full_settings()
+# LION's Triton kernels by their exact names (parallel, feature-map and chunk kernels); the other groups by parts of
+# the library kernels' names.
+LION_KERNELS = frozenset(
+    ("_forward_kernel", "_backward_kernel", "_backward_q_kernel", "_backward_kv_kernel", "_states", "_total",
+     "_output", "_gradients", "_row_dot", "_recurrent")
+)  # fmt: skip
 GROUPS = (
-    ("lion kernels", ("_forward_kernel", "_backward_q_kernel", "_backward_kv_kernel", "_chunk", "_states")),
     ("attention", ("flash", "fmha", "attention", "attn")),
     ("matrix products", ("gemm", "cutlass", "nvjet", "sm90_xmma", "wgmma", "cublas")),
 )
@@ -99,6 +104,8 @@ def describe(task: str, batch: int, length: int) -> str:
 
 
 def group_of(kernel: str) -> str:
+    if kernel in LION_KERNELS:
+        return "lion kernels"
     lowered = kernel.lower()
     for group, needles in GROUPS:
         if any(needle.lower() in lowered for needle in needles):

@@ -235,10 +235,13 @@ class _SeriesGuard:
             return f"out of memory already at {previous_size}"
         if previous["status"] == "skipped":
             return previous["reason"]
-        call_s = max(previous["median_ms"], previous["first_call_ms"] / 4) / 1e3 * size / previous_size
+        from_first = previous["first_call_ms"] / 4 > previous["median_ms"]
+        basis_ms = previous["first_call_ms"] / 4 if from_first else previous["median_ms"]
+        call_s = basis_ms / 1e3 * size / previous_size
         if call_s > self.max_call_s:
-            basis = f"linear from {previous['median_ms']:.0f} ms at {previous_size}"
-            return f"predicted >= {call_s:.0f} s per call ({basis})"
+            what = "a quarter of the first call" if from_first else "the median call"
+            basis = f"linear from {what}, {basis_ms:.3g} ms, at {previous_size}"
+            return f"predicted >= {call_s:.3g} s per call ({basis})"
         return None
 
     def record(self, series: str, size: int, result: dict) -> None:

@@ -148,7 +148,9 @@ def test_long_sequence_groups_run_and_draw(tmp_path):
 def test_profile_step_groups_kernels_and_refuses_what_it_cannot_run(capsys):
     from benchmarks import profile_step
 
-    assert profile_step.group_of("_backward_kv_kernel") == "lion kernels"
+    for kernel in ("_backward_kv_kernel", "_states", "_gradients", "_output", "_total", "_row_dot", "_recurrent"):
+        assert profile_step.group_of(kernel) == "lion kernels"
+    assert profile_step.group_of("void at::native::max_pool_backward_output<float>") == "other"
     assert profile_step.group_of("cudnn_generated_fort_native_sdpa_sm90_flash_bprop") == "attention"
     assert profile_step.group_of("nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_bias_TNN") == "matrix products"
     assert profile_step.group_of("void at::native::vectorized_elementwise_kernel<8>") == "other"
@@ -283,3 +285,19 @@ def test_operator_host_counts_the_host_operations_of_every_operator_and_times_on
         operator_host.main([])
     assert raised.value.code == 2
     assert "timing the host needs a CUDA device (--count runs on the CPU)" in capsys.readouterr().err
+
+
+def test_series_guard_says_what_its_prediction_of_a_slow_call_comes_from():
+    from benchmarks.suites import _SeriesGuard
+
+    guard = _SeriesGuard(max_call_s=0.05)
+    guard.record("steady", 4096, {"status": "ok", "median_ms": 20.0, "first_call_ms": 40.0})
+    assert guard.reason("steady", 8192) is None  # 40 ms predicted, under the 50 ms limit
+    assert guard.reason("steady", 16384) == (
+        "predicted >= 0.08 s per call (linear from the median call, 20 ms, at 4096)"
+    )
+    # A first call that compiles (here 1 s) dominates the prediction; the message says so.
+    guard.record("compiling", 4096, {"status": "ok", "median_ms": 1.0, "first_call_ms": 1000.0})
+    assert guard.reason("compiling", 16384) == (
+        "predicted >= 1 s per call (linear from a quarter of the first call, 250 ms, at 4096)"
+    )
