@@ -509,32 +509,32 @@ def _check_permutation(index: int, order: torch.Tensor) -> None:
         _CHECKED_ORDERS[order] = order._version
 
 
-def bounded_log_decays(log_decays, spanned) -> list[torch.Tensor]:
-    """Log-decays at or above ``MIN_LOG_DECAY``, and 0 where non-finite outside ``spanned`` ``(B, N)``: the tokens
+def bounded_log_decays(log_decays, spanned, minimum: float = MIN_LOG_DECAY) -> list[torch.Tensor]:
+    """Log-decays at or above ``minimum``, and 0 where non-finite outside ``spanned`` ``(B, N)``: the tokens
     from each row's first real token to its last (``None``: no padding)."""
     spanned = None if spanned is None else spanned[:, None, :]
     bounded = []
     for log_decay in log_decays:
         if is_constant_along_length(log_decay):
             # Still stride 0 along the tokens, so that it keeps the closed form.
-            bounded.append(log_decay[..., :1].clamp(min=MIN_LOG_DECAY).expand(log_decay.shape))
+            bounded.append(log_decay[..., :1].clamp(min=minimum).expand(log_decay.shape))
             continue
-        log_decay = log_decay.clamp(min=MIN_LOG_DECAY)
+        log_decay = log_decay.clamp(min=minimum)
         if spanned is not None:
             log_decay = torch.where(spanned | log_decay.isfinite(), log_decay, 0.0)
         bounded.append(log_decay)
     return bounded
 
 
-def bounds_passing(log_decays, spanned) -> list[torch.Tensor]:
-    """Where ``bounded_log_decays(log_decays, spanned)`` leaves each log-decay as it is, i.e. where its gradient
-    passes: ``(B or 1, H, 1)`` for one constant along the tokens, else ``(B or 1, H, N)``."""
+def bounds_passing(log_decays, spanned, minimum: float = MIN_LOG_DECAY) -> list[torch.Tensor]:
+    """Where ``bounded_log_decays(log_decays, spanned, minimum)`` leaves each log-decay as it is, i.e. where its
+    gradient passes: ``(B or 1, H, 1)`` for one constant along the tokens, else ``(B or 1, H, N)``."""
     passing = []
     for log_decay in log_decays:
         if is_constant_along_length(log_decay):
-            passing.append(log_decay[..., :1] >= MIN_LOG_DECAY)
+            passing.append(log_decay[..., :1] >= minimum)
             continue
-        passed = log_decay >= MIN_LOG_DECAY
+        passed = log_decay >= minimum
         if spanned is not None:
             passed = passed & (spanned[:, None, :] | log_decay.isfinite())
         passing.append(passed)

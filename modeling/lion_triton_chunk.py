@@ -54,7 +54,7 @@ import os
 
 import torch
 
-from .lion_attention import as_dtype, bounded_log_decays, is_constant_along_length, order_steps
+from .lion_attention import as_dtype, bounded_log_decays, bounds_passing, is_constant_along_length, order_steps
 
 try:
     import triton
@@ -952,36 +952,18 @@ def _paths(log_decays, orders, chunk):
 
 def _along_paths(log_decays, orders, spanned):
     """The log-decays as the kernels take them (see ``_Path``): per path, in path order, float32, bounded as
-    ``bounded_log_decays`` bounds them (``spanned``: see there) and clamped at ``_MIN_LOG_DECAY``; orders as
-    tensors, empty for the natural order (the operators' schema has no optional list entries). Differentiable
-    where autograd records it (under torch.compile); the eager node gives the gradient itself."""
+    ``bounded_log_decays`` bounds them (``spanned``: see there) at ``_MIN_LOG_DECAY``; orders as tensors, empty
+    for the natural order (the operators' schema has no optional list entries). Differentiable where autograd
+    records it (under torch.compile); the eager node gives the gradient itself (``bounds_passing``)."""
     paths, steps = [], []
-    for log_decay, order in zip(log_decays, orders):
-        if is_constant_along_length(log_decay):
-            # One value per head: in every order the same, the bounds those of its first token.
-            along = log_decay[..., :1].float().clamp(min=_MIN_LOG_DECAY).expand(log_decay.shape)
-        else:
-            along = bounded_log_decays([log_decay.float()], spanned)[0].clamp(min=_MIN_LOG_DECAY)
-            along = along if order is None else along[..., order]
-        paths.append(along.contiguous())
+    bounded = bounded_log_decays(log_decays, spanned, minimum=_MIN_LOG_DECAY)
+    for log_decay, along, order in zip(log_decays, bounded, orders):
+        # One value per head along the tokens is the same in every order.
+        if order is not None and not is_constant_along_length(log_decay):
+            along = along[..., order]
+        paths.append(as_dtype(along, torch.float32).contiguous())
         steps.append(order if order is not None else log_decay.new_empty(0, dtype=torch.long))
     return paths, steps
-
-
-def _passing(log_decays, spanned):
-    """Where ``_along_paths`` leaves each log-decay as it is, i.e. where its gradient passes, in token order:
-    ``(B or 1, H, 1)`` for one constant along the tokens (see ``bounds_passing``; the clamp at
-    ``_MIN_LOG_DECAY`` is the tighter bound)."""
-    passing = []
-    for log_decay in log_decays:
-        if is_constant_along_length(log_decay):
-            passing.append(log_decay[..., :1] >= _MIN_LOG_DECAY)
-            continue
-        passed = log_decay >= _MIN_LOG_DECAY
-        if spanned is not None:
-            passed = passed & (spanned[:, None, :] | log_decay.isfinite())
-        passing.append(passed)
-    return passing
 
 
 class _EagerChunkAttention(torch.autograd.Function):
@@ -997,7 +979,8 @@ class _EagerChunkAttention(torch.autograd.Function):
         out, mean_den = _forward(q, k, v, paths, kpm, chunk, normalize, eps)
         ctx.save_for_backward(q, k, v, out, mean_den)
         ctx.paths, ctx.kpm, ctx.options = paths, kpm, (chunk, normalize, eps)
-        ctx.passing = _passing(log_decays, key_padding_mask) if any(ctx.needs_input_grad[8:]) else None
+        decays_need_grad = any(ctx.needs_input_grad[8:])
+        ctx.passing = bounds_passing(log_decays, key_padding_mask, _MIN_LOG_DECAY) if decays_need_grad else None
         ctx.decays = [(log_decay.shape, log_decay.dtype) for log_decay in log_decays]
         ctx.orders = orders
         return out

@@ -103,10 +103,13 @@ class _NormalizedProjection(torch.autograd.Function):
         x, mean, rstd, norm_weight, norm_bias, weight = ctx.saved_tensors
         shape = (x.shape[-1],)
         grad = as_dtype(grad, x.dtype)
-        normalized = torch.native_layer_norm(x, shape, norm_weight, norm_bias, ctx.eps)[0]
         flat_grad = grad.reshape(-1, grad.shape[-1])
-        grad_weight = flat_grad.t() @ normalized.reshape(-1, shape[0])
-        grad_bias = flat_grad.sum(0) if ctx.needs_input_grad[5] else None
+        grad_weight = grad_bias = None
+        if ctx.needs_input_grad[4]:
+            normalized = torch.native_layer_norm(x, shape, norm_weight, norm_bias, ctx.eps)[0]
+            grad_weight = flat_grad.t() @ normalized.reshape(-1, shape[0])
+        if ctx.needs_input_grad[5]:
+            grad_bias = flat_grad.sum(0)
         grad_x, grad_norm_weight, grad_norm_bias = torch.ops.aten.native_layer_norm_backward(
             grad @ weight, x, shape, mean, rstd, norm_weight, norm_bias, [True, True, True]
         )

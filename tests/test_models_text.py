@@ -478,6 +478,10 @@ def test_the_heads_layer_norm_and_projection_match_their_modules_in_float64():
     assert_close(normalized_projection(norm, linear, x), expected, rtol=1e-12, atol=1e-12)
     for got, want in zip(fused, torch.autograd.grad(expected, params, grad)):
         assert_close(got, want, rtol=1e-10, atol=1e-10)
+    # A frozen projection (fine-tuning the rest) gets no gradient, the others stay the same.
+    linear.requires_grad_(False)
+    (dx,) = torch.autograd.grad(normalized_projection(norm, linear, x), [x], grad)
+    assert_close(dx, fused[0], rtol=1e-12, atol=1e-12)
 
 
 def test_the_heads_layer_norm_runs_in_the_input_dtype_and_keeps_only_its_input():
