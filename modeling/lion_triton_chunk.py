@@ -22,7 +22,8 @@ Kernels (one launch each per path):
   over paths (float32 accumulators between the launches of several paths).
 - ``_gradients``: parallel over blocks of rows: dq, dk, dv, and per token the row and column sums of
   ``dA * A`` below and above the diagonal, from which PyTorch forms the log-decay gradients with two reverse
-  running sums (``_decay_gradient``).
+  running sums (``_decay_gradient``); for a decay constant along the tokens (LION-D), the block's share of its
+  one gradient per head instead.
 - ``_recurrent``: inference only, the bidirectional RNN in one launch: a backward sweep over the chunks, then a
   forward sweep, the state in registers; no per-chunk states are stored. The chunk form runs it too for inference
   from ``ON_CHIP_STATES_FROM_LENGTH`` tokens on, where the stored states would raise the memory peak.
@@ -32,7 +33,8 @@ Kernels (one launch each per path):
 Numerics: products of bf16 inputs accumulate in float32 (the weighted queries and keys and the states are
 rounded to bf16 for the matrix units); float32 inputs use full float32 products (``ieee``). float16 is left to
 PyTorch: its range would not hold the states of long sequences once rounded for the matrix units.
-Log-decays are clamped at -60 (a decay under 1e-26, indistinguishable from 0 next to the diagonal's 1), which
+LION-D's decay, one value per head, is read as that value: the kernels form its running sums and chunk totals
+from it (no padded copy, no running sums in PyTorch, forward or backward). Log-decays are clamped at -60 (a decay under 1e-26, indistinguishable from 0 next to the diagonal's 1), which
 keeps differences of running sums finite.
 
 Calls: the forward and backward are ``torch.library`` operators, which ``torch.compile`` keeps in its graph; eager
@@ -120,11 +122,36 @@ def _load_rows(base, tokens, row_mask, cols, n_cols, stride):
 
 
 @_jit
-def _sums(CB, LA, decay_base, steps, valid):
-    """Chunk-local inclusive (``b``) and exclusive (``e``) running sums of the log-decays."""
-    b = tl.load(CB + decay_base + steps, mask=valid, other=0.0)
-    la = tl.load(LA + decay_base + steps, mask=valid, other=0.0)
-    return b, b - la
+def _decay_base(batch, bh, heads, decay_batch, padded, CONSTANT: tl.constexpr):
+    """Where one head's log-decays start: ``padded`` per head, one number per head for ``CONSTANT`` (LION-D)."""
+    base = batch * decay_batch * heads + bh % heads
+    if not CONSTANT:
+        base = base * padded
+    return base
+
+
+@_jit
+def _sums(CB, LA, decay_base, steps, valid, C: tl.constexpr, CONSTANT: tl.constexpr):
+    """Chunk-local inclusive (``b``) and exclusive (``e``) running sums of the log-decays (0 past the end). A
+    ``CONSTANT`` decay (one per head, LION-D) forms them from its value: ``b = la * (place in the chunk + 1)``."""
+    if CONSTANT:
+        la = tl.load(LA + decay_base)
+        b = tl.where(valid, la * (steps % C + 1).to(tl.float32), 0.0)
+        e = tl.where(valid, b - la, 0.0)
+    else:
+        b = tl.load(CB + decay_base + steps, mask=valid, other=0.0)
+        e = b - tl.load(LA + decay_base + steps, mask=valid, other=0.0)
+    return b, e
+
+
+@_jit
+def _chunk_total(CB, LA, decay_base, c, length, C: tl.constexpr, CONSTANT: tl.constexpr):
+    """The sum of the log-decays of chunk ``c``'s real steps."""
+    if CONSTANT:
+        total = tl.load(LA + decay_base) * tl.minimum(length - c * C, C).to(tl.float32)
+    else:
+        total = tl.load(CB + decay_base + (c + 1) * C - 1)
+    return total
 
 
 @_jit
@@ -185,7 +212,7 @@ def _entering_rows(x_base, y_base, EXTRA, RS, tokens, valid, real, offs_d, offs_
 @_jit
 def _intra(q, steps_i, e_i, b_i, c, k_base, v_base, CB, LA, ORDER, KPM, batch, length, decay_base, dim, value_dim,
            offs_d, offs_v, C: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, HAS_ORDER: tl.constexpr,
-           HAS_KPM: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+           HAS_KPM: tl.constexpr, CONSTANT: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
     """Rows ``q`` against the tokens of their own chunk ``c``: ``(q k^T * M) v`` and the row sums of the tiles."""
     acc = tl.zeros((BT, BV), dtype=tl.float32)
     den = tl.zeros((BT,), dtype=tl.float32)
@@ -194,7 +221,7 @@ def _intra(q, steps_i, e_i, b_i, c, k_base, v_base, CB, LA, ORDER, KPM, batch, l
         tokens_j, valid_j, real_j = _rows(ORDER, KPM, batch, length, steps_j, HAS_ORDER, HAS_KPM)
         k = _load_rows(k_base, tokens_j, real_j, offs_d, dim, dim)
         v = _load_rows(v_base, tokens_j, real_j, offs_v, value_dim, value_dim)
-        b_j, e_j = _sums(CB, LA, decay_base, steps_j, valid_j)
+        b_j, e_j = _sums(CB, LA, decay_base, steps_j, valid_j, C, CONSTANT)
         scores = tl.dot(q, tl.trans(k), input_precision=PRECISION)
         scores = scores * _intra_mask(steps_i, steps_j, e_i, b_i, e_j, b_j)
         den += tl.sum(scores, 1)
@@ -208,7 +235,7 @@ def _states(
     heads, length, chunks, x_dim, y_dim, decay_batch, runs, per_run,
     C: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
     KEY_SIDE: tl.constexpr, HAS_ORDER: tl.constexpr, HAS_KPM: tl.constexpr, HAS_RS: tl.constexpr,
-    EXTRA_MODE: tl.constexpr, STORE_ALL: tl.constexpr, PRECISION: tl.constexpr,
+    EXTRA_MODE: tl.constexpr, STORE_ALL: tl.constexpr, CONSTANT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """The state entering every chunk, in direction 0 (from earlier chunks) and 1 (from later ones).
 
@@ -227,7 +254,7 @@ def _states(
     run = tl.program_id(2) // 2
     batch = bh // heads
     padded = chunks * C
-    decay_base = (batch * decay_batch * heads + bh % heads) * padded
+    decay_base = _decay_base(batch, bh, heads, decay_batch, padded, CONSTANT)
     x_base = X + bh * length * x_dim
     y_base = Y + bh * length * y_dim
     offs_d = tl.arange(0, BD)
@@ -252,7 +279,7 @@ def _states(
             if EXTRA_MODE != 0:
                 if block_v == 0:
                     tl.store(VEC + slot * x_dim + offs_d, vec, mask=offs_d < x_dim)
-        total = tl.load(CB + decay_base + c * C + C - 1)
+        total = _chunk_total(CB, LA, decay_base, c, length, C, CONSTANT)
         update = tl.zeros((BD, BV), dtype=tl.float32)
         vec_update = tl.zeros((BD,), dtype=tl.float32)
         for sub in range(C // BT):
@@ -260,7 +287,7 @@ def _states(
             tokens, valid, real = _rows(ORDER, KPM, batch, length, steps, HAS_ORDER, HAS_KPM)
             x, y, column = _entering_rows(x_base, y_base, EXTRA + bh * length, RS + bh * length, tokens, valid, real,
                                           offs_d, offs_v, x_dim, y_dim, BT, HAS_RS, EXTRA_MODE)  # fmt: skip
-            b, e = _sums(CB, LA, decay_base, steps, valid)
+            b, e = _sums(CB, LA, decay_base, steps, valid, C, CONSTANT)
             if KEY_SIDE:
                 w = tl.where(direction == 0, tl.exp(total - e), tl.exp(b))
             else:
@@ -324,7 +351,7 @@ def _output(
     heads, length, chunks, dim, value_dim, decay_batch, paths, eps,
     C: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
     HAS_DECAY: tl.constexpr, HAS_ORDER: tl.constexpr, HAS_KPM: tl.constexpr, NORMALIZE: tl.constexpr,
-    FIRST: tl.constexpr, LAST: tl.constexpr, PRECISION: tl.constexpr,
+    FIRST: tl.constexpr, LAST: tl.constexpr, CONSTANT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """One path's contribution to one block of query rows; the last path normalises and writes the output.
 
@@ -342,12 +369,12 @@ def _output(
     tokens_i, valid_i, _ = _rows(ORDER, KPM, batch, length, steps_i, HAS_ORDER, False)
     q = _load_rows(Q + bh * length * dim, tokens_i, valid_i, offs_d, dim, dim)
     if HAS_DECAY:
-        decay_base = (batch * decay_batch * heads + bh % heads) * padded
-        b_i, e_i = _sums(CB, LA, decay_base, steps_i, valid_i)
+        decay_base = _decay_base(batch, bh, heads, decay_batch, padded, CONSTANT)
+        b_i, e_i = _sums(CB, LA, decay_base, steps_i, valid_i, C, CONSTANT)
         acc, den = _intra(q, steps_i, e_i, b_i, c, K + bh * length * dim, V + bh * length * value_dim, CB, LA,
                           ORDER, KPM, batch, length, decay_base, dim, value_dim, offs_d, offs_v,
-                          C, BT, BV, HAS_ORDER, HAS_KPM, PRECISION)  # fmt: skip
-        total = tl.load(CB + decay_base + c * C + C - 1)
+                          C, BT, BV, HAS_ORDER, HAS_KPM, CONSTANT, PRECISION)  # fmt: skip
+        total = _chunk_total(CB, LA, decay_base, c, length, C, CONSTANT)
         # The forward state (slot 0) meets a query decayed from its chunk's start, the backward one from its end.
         for slot_dir in tl.static_range(2):
             if slot_dir == 0:
@@ -417,7 +444,7 @@ def _gradients(
     heads, length, chunks, dim, value_dim, decay_batch,
     C: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
     HAS_DECAY: tl.constexpr, HAS_ORDER: tl.constexpr, HAS_KPM: tl.constexpr, NORMALIZE: tl.constexpr,
-    FIRST: tl.constexpr, LAST: tl.constexpr, PRECISION: tl.constexpr,
+    FIRST: tl.constexpr, LAST: tl.constexpr, CONSTANT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """One path's dq (rows as queries), dk and dv (rows as keys) of one block of rows, and with decays the
     per-token sums of ``P = dA * A`` that give the log-decay gradients: ``DE = sum_(j<i) P_ij - sum_(i>j) P_ij``
@@ -444,9 +471,9 @@ def _gradients(
         dim, value_dim, offs_d, offs_v, BT, HAS_ORDER, HAS_KPM, NORMALIZE,
     )
     if HAS_DECAY:
-        decay_base = (batch * decay_batch * heads + bh % heads) * padded
-        b_t, e_t = _sums(CB, LA, decay_base, steps_t, valid_t)
-        total = tl.load(CB + decay_base + c * C + C - 1)
+        decay_base = _decay_base(batch, bh, heads, decay_batch, padded, CONSTANT)
+        b_t, e_t = _sums(CB, LA, decay_base, steps_t, valid_t, C, CONSTANT)
+        total = _chunk_total(CB, LA, decay_base, c, length, C, CONSTANT)
         dq = tl.zeros((BT, BD), dtype=tl.float32)
         dk = tl.zeros((BT, BD), dtype=tl.float32)
         dv = tl.zeros((BT, BV), dtype=tl.float32)
@@ -460,7 +487,7 @@ def _gradients(
                 steps_u, q_base, k_base, v_base, g_base, RS + bh * length, DD + bh * length, ORDER, KPM, batch,
                 length, dim, value_dim, offs_d, offs_v, BT, HAS_ORDER, HAS_KPM, NORMALIZE,
             )
-            b_u, e_u = _sums(CB, LA, decay_base, steps_u, valid_u)
+            b_u, e_u = _sums(CB, LA, decay_base, steps_u, valid_u, C, CONSTANT)
             # This block's rows as queries, block u's as keys.
             mask = _intra_mask(steps_t, steps_u, e_t, b_t, e_u, b_u)
             scores = tl.dot(q_t, tl.trans(k_u), input_precision=PRECISION)
@@ -504,8 +531,19 @@ def _gradients(
                 col_before += sums
             else:
                 col_after += sums
-        tl.store(DE + bh * padded + steps_t, row_before - col_after, mask=valid_t)
-        tl.store(DB + bh * padded + steps_t, col_before - row_after, mask=valid_t)
+        d_exclusive = tl.where(valid_t, row_before - col_after, 0.0)
+        d_inclusive = tl.where(valid_t, col_before - row_after, 0.0)
+        if CONSTANT:
+            # d la = sum_t t DE_t + (t + 1) DB_t (t: the step along the path), as this block's share, the steps
+            # counted from the block's first so that the products stay small (DE and DB sum to 0 over a path).
+            first = block * BT
+            local = (steps_t - first).to(tl.float32)
+            share = tl.sum(local * d_exclusive + (local + 1.0) * d_inclusive, 0)
+            share += first.to(tl.float32) * tl.sum(d_exclusive + d_inclusive, 0)
+            tl.store(DE + bh * tl.num_programs(0) + block + tl.arange(0, 1), tl.zeros((1,), tl.float32) + share)
+        else:
+            tl.store(DE + bh * padded + steps_t, d_exclusive, mask=valid_t)
+            tl.store(DB + bh * padded + steps_t, d_inclusive, mask=valid_t)
     else:
         state, vec = _load_state(STATES, VEC, bh, dim, value_dim, offs_d, offs_v, BD, NORMALIZE)
         dq, _ = _state_gradient(q_t, g_t, g0_t, ones, state, vec, NORMALIZE, PRECISION)
@@ -556,7 +594,7 @@ def _recurrent(
     heads, length, chunks, dim, value_dim, decay_batch, paths, eps,
     C: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
     HAS_ORDER: tl.constexpr, HAS_KPM: tl.constexpr, NORMALIZE: tl.constexpr,
-    FIRST: tl.constexpr, LAST: tl.constexpr, PRECISION: tl.constexpr,
+    FIRST: tl.constexpr, LAST: tl.constexpr, CONSTANT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """The bidirectional RNN over chunks for one head and block of value columns, its state in registers.
 
@@ -569,7 +607,7 @@ def _recurrent(
     bh = tl.program_id(1).to(tl.int64)
     batch = bh // heads
     padded = chunks * C
-    decay_base = (batch * decay_batch * heads + bh % heads) * padded
+    decay_base = _decay_base(batch, bh, heads, decay_batch, padded, CONSTANT)
     q_base = Q + bh * length * dim
     k_base = K + bh * length * dim
     v_base = V + bh * length * value_dim
@@ -582,14 +620,14 @@ def _recurrent(
         vec = tl.zeros((BD,), dtype=tl.float32)
         for it in range(chunks):
             c = chunks - 1 - it if sweep == 0 else it
-            total = tl.load(CB + decay_base + c * C + C - 1)
+            total = _chunk_total(CB, LA, decay_base, c, length, C, CONSTANT)
             update = tl.zeros((BD, BV), dtype=tl.float32)
             vec_update = tl.zeros((BD,), dtype=tl.float32)
             for sub in range(C // BT):
                 steps = c * C + sub * BT + tl.arange(0, BT)
                 tokens, valid, real = _rows(ORDER, KPM, batch, length, steps, HAS_ORDER, HAS_KPM)
                 q = _load_rows(q_base, tokens, valid, offs_d, dim, dim)
-                b, e = _sums(CB, LA, decay_base, steps, valid)
+                b, e = _sums(CB, LA, decay_base, steps, valid, C, CONSTANT)
                 rows = bh * length + tokens
                 out_mask = valid[:, None] & (offs_v[None, :] < value_dim)
                 acc_ptrs = ACC + rows[:, None] * value_dim + offs_v[None, :]
@@ -606,7 +644,7 @@ def _recurrent(
                 else:
                     acc, den = _intra(q, steps, e, b, c, k_base, v_base, CB, LA, ORDER, KPM, batch, length,
                                       decay_base, dim, value_dim, offs_d, offs_v, C, BT, BV, HAS_ORDER, HAS_KPM,
-                                      PRECISION)  # fmt: skip
+                                      CONSTANT, PRECISION)  # fmt: skip
                     part, part_den = _meet(q, tl.exp(e), state, vec, NORMALIZE, PRECISION)
                     acc += part + tl.load(acc_ptrs, mask=out_mask, other=0.0).to(tl.float32)
                     den += part_den
@@ -649,14 +687,22 @@ def _warps(rows: int) -> int:
 
 class _Path:
     """One path's decays as the kernels read them: padded to whole chunks, with chunk-local running sums.
-    ``log_decay``: ``(B or 1, H, N)`` float32 in path order, bounded; ``order`` a permutation or empty."""
+    ``log_decay``: ``(B or 1, H, length)`` float32 in path order, bounded, or ``(B or 1, H, 1)`` for one constant
+    along the tokens (LION-D: the kernels form its sums from the value, ``constant``); ``order`` a permutation or
+    empty."""
 
-    def __init__(self, log_decay: torch.Tensor, order: torch.Tensor, chunk: int):
-        decay_batch, heads, length = log_decay.shape
+    def __init__(self, log_decay: torch.Tensor, order: torch.Tensor, chunk: int, length: int):
+        decay_batch, heads, steps = log_decay.shape
         padded = -(-length // chunk) * chunk
-        # Padded steps have decay 1 (log 0): the last entry of every chunk is then its total.
-        self.log_decay = torch.nn.functional.pad(log_decay, (0, padded - length))
-        self.sums = self.log_decay.view(decay_batch, heads, padded // chunk, chunk).cumsum(-1).view_as(self.log_decay)
+        self.constant = steps == 1
+        if self.constant:
+            self.log_decay = self.sums = log_decay
+        else:
+            # Padded steps have decay 1 (log 0): the last entry of every chunk is then its total.
+            self.log_decay = torch.nn.functional.pad(log_decay, (0, padded - length))
+            self.sums = self.log_decay.view(decay_batch, heads, padded // chunk, chunk).cumsum(-1).view_as(
+                self.log_decay
+            )
         self.order = order if order.numel() else None
         self.batch_stride = 1 if decay_batch > 1 else 0
         self.chunks = padded // chunk
@@ -685,7 +731,7 @@ def _states_of(x, y, path, chunk, *, key_side, kpm, rs, extra, extra_mode):
     options = dict(
         C=chunk, BT=min(chunk, _ROWS), BD=_block(x_dim), BV=block_v, KEY_SIDE=key_side,
         HAS_ORDER=path.order is not None, HAS_KPM=kpm is not None, HAS_RS=rs is not None, EXTRA_MODE=extra_mode,
-        PRECISION=_precision(x.dtype), num_warps=4,
+        CONSTANT=path.constant, PRECISION=_precision(x.dtype), num_warps=4,
     )  # fmt: skip
     if runs > 1:
         launch(_states, (columns, batch * heads, 2 * (runs - 1)), *arguments, STORE_ALL=False, **options)
@@ -733,7 +779,7 @@ def _forward(q, k, v, paths, kpm, chunk, normalize, eps):
             _output, grid,
             q, k, v, q, q, q, kpm if kpm is not None else q, total, vec, out, out, mean_den, mean_den,
             heads, length, 1, dim, value_dim, 0, 1, eps,
-            C=rows, HAS_DECAY=False, HAS_ORDER=False, FIRST=True, LAST=True, **common,
+            C=rows, HAS_DECAY=False, HAS_ORDER=False, FIRST=True, LAST=True, CONSTANT=False, **common,
         )
         return out, mean_den
     count = len(paths)
@@ -748,7 +794,8 @@ def _forward(q, k, v, paths, kpm, chunk, normalize, eps):
             q, k, v, path.sums, path.log_decay, order if order is not None else q, kpm if kpm is not None else q,
             states, vec, out, acc, den, mean_den,
             heads, length, path.chunks, dim, value_dim, path.batch_stride, count, eps,
-            C=chunk, HAS_DECAY=True, HAS_ORDER=order is not None, FIRST=index == 0, LAST=index == count - 1, **common,
+            C=chunk, HAS_DECAY=True, HAS_ORDER=order is not None, FIRST=index == 0, LAST=index == count - 1,
+            CONSTANT=path.constant, **common,
         )
     return out, mean_den
 
@@ -792,7 +839,7 @@ def _backward(grad, q, k, v, out, mean_den, paths, kpm, chunk, normalize, eps):
             _gradients, (cdiv(length, rows), batch * heads),
             q, k, v, grad, rs, dd, q, q, q, kpm if kpm is not None else q, total, vec, gtotal, gvec,
             dq, dk, dv, dq, dk, dv, q, q, heads, length, 1, dim, value_dim, 0,
-            C=rows, HAS_DECAY=False, HAS_ORDER=False, FIRST=True, LAST=True, **common,
+            C=rows, HAS_DECAY=False, HAS_ORDER=False, FIRST=True, LAST=True, CONSTANT=False, **common,
         )
         return dq, dk, dv, []
     if count == 1:
@@ -806,17 +853,26 @@ def _backward(grad, q, k, v, out, mean_den, paths, kpm, chunk, normalize, eps):
                                  extra_mode=1 if normalize else 0)  # fmt: skip
         gstates, gvec = _states_of(q, grad, path, chunk, key_side=False, kpm=None, rs=rs, extra=dd,
                                    extra_mode=extra_mode)  # fmt: skip
-        d_exclusive = torch.empty(batch, heads, path.chunks * chunk, dtype=torch.float32, device=q.device)
-        d_inclusive = torch.empty_like(d_exclusive)
+        if path.constant:
+            # One share of the gradient per block of rows (``_gradients``), none per token.
+            d_exclusive = torch.empty(batch, heads, path.chunks * chunk // rows, dtype=torch.float32, device=q.device)
+            d_inclusive = d_exclusive
+        else:
+            d_exclusive = torch.empty(batch, heads, path.chunks * chunk, dtype=torch.float32, device=q.device)
+            d_inclusive = torch.empty_like(d_exclusive)
         launch(
             _gradients, (path.chunks * chunk // rows, batch * heads),
             q, k, v, grad, rs, dd, path.sums, path.log_decay, order if order is not None else q,
             kpm if kpm is not None else q, states, vec, gstates, gvec,
             dq, dk, dv, *accumulators, d_exclusive, d_inclusive,
             heads, length, path.chunks, dim, value_dim, path.batch_stride,
-            C=chunk, HAS_DECAY=True, HAS_ORDER=order is not None, FIRST=index == 0, LAST=index == count - 1, **common,
+            C=chunk, HAS_DECAY=True, HAS_ORDER=order is not None, FIRST=index == 0, LAST=index == count - 1,
+            CONSTANT=path.constant, **common,
         )
-        decay_grads.append(_decay_gradient(d_exclusive, d_inclusive, length, path.log_decay.shape[0]))
+        if path.constant:
+            decay_grads.append(d_exclusive.sum(-1, keepdim=True).sum_to_size(path.log_decay.shape))
+        else:
+            decay_grads.append(_decay_gradient(d_exclusive, d_inclusive, length, path.log_decay.shape[0]))
     return dq, dk, dv, decay_grads
 
 
@@ -838,8 +894,8 @@ def _recurrent_forward(q, k, v, paths, kpm, chunk, normalize, eps):
             q, k, v, path.sums, path.log_decay, order if order is not None else q, kpm if kpm is not None else q,
             out, acc, den, heads, length, path.chunks, dim, value_dim, path.batch_stride, count, eps,
             C=chunk, BT=rows, BD=_block(dim), BV=block_v, HAS_ORDER=order is not None, HAS_KPM=kpm is not None,
-            NORMALIZE=normalize, FIRST=index == 0, LAST=index == count - 1, PRECISION=_precision(q.dtype),
-            num_warps=_warps(rows),
+            NORMALIZE=normalize, FIRST=index == 0, LAST=index == count - 1, CONSTANT=path.constant,
+            PRECISION=_precision(q.dtype), num_warps=_warps(rows),
         )
     return out
 
@@ -857,7 +913,7 @@ def _chunk_attention(
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The output and (with ``normalize``; else empty) the row sums averaged over paths, kept for backward."""
-    paths = _paths(log_decays, orders, chunk_size)
+    paths = _paths(log_decays, orders, chunk_size, q.shape[2])
     return _forward(q, k, v, paths, key_padding_mask, chunk_size, normalize, eps)
 
 
@@ -873,7 +929,7 @@ def _chunk_attention_backward(
     mean_den: torch.Tensor, log_decays: list[torch.Tensor], orders: list[torch.Tensor],
     key_padding_mask: torch.Tensor | None, chunk_size: int, normalize: bool, eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-    paths = _paths(log_decays, orders, chunk_size)
+    paths = _paths(log_decays, orders, chunk_size, q.shape[2])
     return _backward(grad, q, k, v, out, mean_den, paths, key_padding_mask, chunk_size, normalize, eps)
 
 
@@ -908,7 +964,7 @@ def _recurrent_attention(
     orders: list[torch.Tensor], key_padding_mask: torch.Tensor | None, chunk_size: int, normalize: bool,
     eps: float,
 ) -> torch.Tensor:
-    paths = _paths(log_decays, orders, chunk_size)
+    paths = _paths(log_decays, orders, chunk_size, q.shape[2])
     return _recurrent_forward(q, k, v, paths, key_padding_mask, chunk_size, normalize, eps)
 
 
@@ -946,8 +1002,8 @@ def unsupported(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_
     return None
 
 
-def _paths(log_decays, orders, chunk):
-    return [_Path(log_decay, order, chunk) for log_decay, order in zip(log_decays, orders)]
+def _paths(log_decays, orders, chunk, length):
+    return [_Path(log_decay, order, chunk, length) for log_decay, order in zip(log_decays, orders)]
 
 
 def _along_paths(log_decays, orders, spanned):
@@ -958,8 +1014,9 @@ def _along_paths(log_decays, orders, spanned):
     paths, steps = [], []
     bounded = bounded_log_decays(log_decays, spanned, minimum=_MIN_LOG_DECAY)
     for log_decay, along, order in zip(log_decays, bounded, orders):
-        # One value per head along the tokens is the same in every order.
-        if order is not None and not is_constant_along_length(log_decay):
+        if is_constant_along_length(log_decay):
+            along = along[..., :1]  # the same in every order; the kernels take the one value per head
+        elif order is not None:
             along = along[..., order]
         paths.append(as_dtype(along, torch.float32).contiguous())
         steps.append(order if order is not None else log_decay.new_empty(0, dtype=torch.long))
@@ -975,7 +1032,7 @@ class _EagerChunkAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, key_padding_mask, chunk, normalize, eps, orders, *log_decays):
         kpm = _int8(key_padding_mask)
-        paths = _paths(*_along_paths(log_decays, orders, key_padding_mask), chunk)
+        paths = _paths(*_along_paths(log_decays, orders, key_padding_mask), chunk, q.shape[2])
         out, mean_den = _forward(q, k, v, paths, kpm, chunk, normalize, eps)
         ctx.save_for_backward(q, k, v, out, mean_den)
         ctx.paths, ctx.kpm, ctx.options = paths, kpm, (chunk, normalize, eps)
