@@ -135,16 +135,18 @@ def step_times(losses_of_steps: list, rounds: int) -> list[float]:
 
 
 def _stub_kernel_launches() -> None:
-    """Every Triton kernel of the parallel-form and feature-map modules launched as a no-op."""
-    from lion_hf.modeling import lion_triton, lion_triton_features
+    """Every Triton kernel of the parallel-form, chunk-form and feature-map modules launched as a no-op."""
+    import triton
+
+    from lion_hf.modeling import lion_triton, lion_triton_chunk, lion_triton_features
 
     class NoLaunch:
         def __getitem__(self, grid):
             return lambda *args, **kwargs: None
 
-    for module in (lion_triton, lion_triton_features):
+    for module in (lion_triton, lion_triton_chunk, lion_triton_features):
         for name in dir(module):
-            if name.endswith("_kernel") and not name.startswith("__"):
+            if isinstance(getattr(module, name), triton.runtime.KernelInterface):
                 setattr(module, name, NoLaunch())
 
 

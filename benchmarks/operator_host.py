@@ -1,8 +1,10 @@
 """What the LION operator alone asks of the host, against SDPA: the calls of one ViT-B layer's token mixing
-(queries, keys and values as views of a fused projection; B 4, H 12, N 197, D 64, bf16), forward + backward.
+(queries, keys and values as views of a fused projection; B 4, H 12, N 197 unless --length, D 64, bf16), forward +
+backward.
 
     python -m benchmarks.operator_host            # host time per call (GPU), interleaved rounds, ratios to SDPA
     python -m benchmarks.operator_host --count    # aten operations per call (CPU, kernel launches stubbed out)
+    python -m benchmarks.operator_host --count --form chunk --length 256   # the chunk kernels' calls instead
 
 The timing runs every operator once per round, each from an idle GPU (so that no launch waits on a busy one), and
 reports the median host time of its forward + backward and the median over the rounds of its ratio to SDPA's in
@@ -24,25 +26,26 @@ import torch.nn.functional as F
 BATCH, HEADS, LENGTH, DIM = 4, 12, 197, 64
 
 
-def operators(device: torch.device) -> dict:
-    """``name -> call``: SDPA and LION-LIT, D and S as a ViT layer calls them, each returning the output."""
+def operators(device: torch.device, form: str = "parallel", length: int = LENGTH) -> dict:
+    """``name -> call``: SDPA and LION-LIT, D and S as a ViT layer calls them (LION in ``form``, ``length``
+    tokens), each returning the output."""
     from lion_hf.modeling.lion_attention import lion_attention
 
-    fused = torch.randn(BATCH, LENGTH, 3, HEADS, DIM, device=device, dtype=torch.bfloat16, requires_grad=True)
+    fused = torch.randn(BATCH, length, 3, HEADS, DIM, device=device, dtype=torch.bfloat16, requires_grad=True)
     logit = torch.randn(1, HEADS, device=device, requires_grad=True)
-    gate = torch.randn(BATCH, LENGTH, HEADS, device=device, requires_grad=True)
+    gate = torch.randn(BATCH, length, HEADS, device=device, requires_grad=True)
 
     def heads():
         return [t.transpose(1, 2) for t in fused.unbind(2)]
 
     def lion(feature_map, decays=None):
         return lion_attention(*heads(), decays, feature_map=feature_map, scale=DIM**-0.5, normalize=True,
-                              check_values=False)  # fmt: skip
+                              form=form, check_values=False)  # fmt: skip
 
     return {
         "SDPA": lambda: F.scaled_dot_product_attention(*heads()),
         "LION-LIT": lambda: lion("elu_plus_one"),
-        "LION-D": lambda: lion("silu_shift_l2", [F.logsigmoid(logit).view(1, HEADS, 1).expand(1, HEADS, LENGTH)]),
+        "LION-D": lambda: lion("silu_shift_l2", [F.logsigmoid(logit).view(1, HEADS, 1).expand(1, HEADS, length)]),
         "LION-S": lambda: lion("silu_shift_l2", [F.logsigmoid(gate).permute(0, 2, 1)]),
     }
 
@@ -88,21 +91,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.operator_host", description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", action="store_true", help="count aten operations (CPU, launches stubbed out)")
     parser.add_argument("--rounds", type=int, default=200, help="timed rounds (default 200)")
+    parser.add_argument("--form", choices=("parallel", "chunk"), default="parallel", 
+                        help="LION's form (default: parallel)")
+    parser.add_argument("--length", type=int, default=LENGTH, help=f"tokens per sequence (default {LENGTH})")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error(f"--rounds must be at least 1, got {args.rounds}")
+    if args.length < 1:
+        parser.error(f"--length must be at least 1, got {args.length}")
     if args.count:
         os.environ["TRITON_INTERPRET"] = "1"
         from .op_count import _stub_kernel_launches
 
         _stub_kernel_launches()
-        for name, call in operators(torch.device("cpu")).items():
+        for name, call in operators(torch.device("cpu"), args.form, args.length).items():
             forward, backward = aten_counts(call)
             print(f"{name:9s} {forward:3d} aten ops forward, {backward:3d} backward, {forward + backward:3d} in all")
         return 0
     if not torch.cuda.is_available():
         parser.error("timing the host needs a CUDA device (--count runs on the CPU)")
-    for name, (us, ratio) in host_times(operators(torch.device("cuda")), args.rounds).items():
+    for name, (us, ratio) in host_times(operators(torch.device("cuda"), args.form, args.length), args.rounds).items():
         print(f"{name:9s} {us:8.1f} us of host per forward + backward, {ratio:.2f}x SDPA's")
     return 0
 

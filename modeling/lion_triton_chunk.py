@@ -34,8 +34,8 @@ Numerics: products of bf16 inputs accumulate in float32 (the weighted queries an
 rounded to bf16 for the matrix units); float32 inputs use full float32 products (``ieee``). float16 is left to
 PyTorch: its range would not hold the states of long sequences once rounded for the matrix units.
 LION-D's decay, one value per head, is read as that value: the kernels form its running sums and chunk totals
-from it (no padded copy, no running sums in PyTorch, forward or backward). Log-decays are clamped at -60 (a decay under 1e-26, indistinguishable from 0 next to the diagonal's 1), which
-keeps differences of running sums finite.
+from it (no padded copy, no running sums in PyTorch, forward or backward). Log-decays are clamped at -60 (a decay
+under 1e-26, indistinguishable from 0 next to the diagonal's 1), which keeps differences of running sums finite.
 
 Calls: the forward and backward are ``torch.library`` operators, which ``torch.compile`` keeps in its graph; eager
 calls take an ``autograd.Function`` around the same launches (``_EagerChunkAttention``), which also bounds the

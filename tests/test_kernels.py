@@ -23,10 +23,9 @@ def _interpreter_problem() -> str | None:
     be converted to Python scalars" at every ``range(n)`` of a kernel argument); Triton 3.7 and later take them."""
     import numpy
     import triton
+    from packaging.version import Version
 
-    triton_version = tuple(int(part) for part in triton.__version__.split(".")[:2])
-    numpy_version = tuple(int(part) for part in numpy.__version__.split(".")[:2])
-    if triton_version < (3, 7) and numpy_version >= (2, 4):
+    if Version(triton.__version__).release < (3, 7) and Version(numpy.__version__).release >= (2, 4):
         return (
             f"Triton {triton.__version__}'s interpreter cannot run with numpy {numpy.__version__}: install "
             f"numpy<2.4 or triton>=3.7 (pip install 'numpy<2.4') to run these tests"
