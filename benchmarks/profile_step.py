@@ -10,10 +10,10 @@ The models' steps are timed in interleaved rounds (every model once per round, a
 first), since a GPU machine's host speed can drift by tens of percent within minutes: ``wall`` is the median step
 with a synchronisation after it, ``wall_ratio`` the median over the rounds of its ratio to the first model's step
 in the same round; ``host`` the median time the Python side takes to issue one step (measured from an idle GPU, so
-no launch waits on a busy one). Then each model alone, after a warm-up: ``gpu``
-the kernels' summed durations per step (torch.profiler), grouped (LION's Triton kernels, attention, matrix
-products, the rest) and the largest listed with their calls and time per step; ``peak_mb`` the peak memory allocated
-over the timed steps (weights, optimiser state and inputs included); ``syncs`` the operations of a step
+no launch waits on a busy one). Then each model's steps on their own (every model is built, and compiled, once):
+``gpu`` the kernels' summed durations per step (torch.profiler), grouped (LION's Triton kernels, attention, matrix
+products, the rest) and the largest listed with their calls and time per step; ``peak_mb`` the peak memory of its
+steps (its weights, optimiser state and inputs included, the other models' not); ``syncs`` the operations of a step
 that make the host wait for the GPU (``torch.cuda.set_sync_debug_mode``). A step is host-bound when ``host`` is
 close to ``wall``, ``gpu`` well below it and no sync in it. ``--python N`` adds the N Python functions with the
 most time of their own in one step (cProfile); ``--compile`` profiles ``torch.compile``d models (``--compile
@@ -119,8 +119,13 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 def training_step(key: str, workload: tuple[str, int, int], device: torch.device, compile_mode: str | None):
     """One bf16 training step (AdamW) of model ``key`` on a fixed batch of ``workload`` (task, batch, length),
-    warmed up; ``compile_mode``: a ``torch.compile`` mode, or ``None`` for eager."""
+    warmed up; ``compile_mode``: a ``torch.compile`` mode, or ``None`` for eager. Its ``resting_mb`` attribute: the
+    memory the model keeps between steps (weights, optimiser state, inputs); ``warmup_peak_mb``: the most it held
+    while warming up, when CUDA graphs (``reduce-overhead``) take their memory pools."""
     task, batch, length = workload
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    allocated = torch.cuda.memory_allocated()
     model = build(key, task, device).train()
     if compile_mode is not None:
         model = torch.compile(model, mode=compile_mode)
@@ -137,6 +142,8 @@ def training_step(key: str, workload: tuple[str, int, int], device: torch.device
     for _ in range(3):
         step()
     torch.cuda.synchronize()
+    step.resting_mb = (torch.cuda.memory_allocated() - allocated) / 2**20
+    step.warmup_peak_mb = (torch.cuda.max_memory_allocated() - allocated) / 2**20
     return step
 
 
@@ -150,12 +157,9 @@ def timed_step(step) -> tuple[float, float]:
     return host, time.perf_counter() - begin
 
 
-def interleaved_times(
-    keys: list[str], workload: tuple[str, int, int], device: torch.device, compile_mode: str | None, rounds: int
-) -> list[dict]:
-    """Per model: the median ``wall_ms`` and ``host_ms`` over ``rounds`` rounds that step every model once in turn,
-    and ``wall_ratio``, the median of its wall time over the first model's in the same round."""
-    steps = [training_step(key, workload, device, compile_mode) for key in keys]
+def interleaved_times(steps: list, rounds: int) -> list[dict]:
+    """Per step: the median ``wall_ms`` and ``host_ms`` over ``rounds`` rounds that run every step once in turn,
+    and ``wall_ratio``, the median of its wall time over the first step's in the same round."""
     times = [[timed_step(step) for step in steps] for _ in range(rounds)]
     return [
         {
@@ -163,20 +167,21 @@ def interleaved_times(
             "wall_ms": statistics.median(row[index][1] for row in times) * 1e3,
             "wall_ratio": statistics.median(row[index][1] / row[0][1] for row in times),
         }
-        for index in range(len(keys))
+        for index in range(len(steps))
     ]
 
 
-def profile_model(
-    key: str, workload: tuple[str, int, int], device: torch.device, python_rows: int = 0,
-    compile_mode: str | None = None,
-) -> dict:  # fmt: skip
-    step = training_step(key, workload, device, compile_mode)
+def profile_model(key: str, step, workload: tuple[str, int, int], python_rows: int = 0, compile_mode=None) -> dict:
+    """The profile of model ``key``'s warmed-up ``step`` (from ``training_step``); its peak memory is what it keeps
+    between steps plus the most a step allocates on top of that, or its warm-up's peak where that is higher (CUDA
+    graphs' pools), so that other models alive beside it do not count."""
+    torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
     for _ in range(TIMED_STEPS):
         step()
     torch.cuda.synchronize()
-    peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    peak_mb = max(step.warmup_peak_mb, step.resting_mb + (torch.cuda.max_memory_allocated() - before) / 2**20)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
@@ -212,8 +217,6 @@ def profile_model(
     groups = {}
     for row in per_kernel:
         groups[row["group"]] = groups.get(row["group"], 0.0) + row["ms_per_step"]
-    del step
-    torch.cuda.empty_cache()
     return {
         "model": TASKS[workload[0]][0][key][0],
         "task": workload[0],
@@ -268,11 +271,15 @@ def main(argv: list[str] | None = None) -> int:
     if "timm" in keys and not timm_available():
         parser.error("timm is not installed (drop 'timm' from --models)")
     device = torch.device("cuda")
-    times = interleaved_times(keys, workload, device, args.compile, args.rounds)
-    torch.cuda.empty_cache()
+    if args.compile is not None:
+        # Several LION configurations compile the same frames (transformers' output wrappers): more guards per frame
+        # than dynamo's default limit allows would send the later models back to eager.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 8 * len(keys))
+    steps = [training_step(key, workload, device, args.compile) for key in keys]
+    times = interleaved_times(steps, args.rounds)
     results = []
-    for key, timing in zip(keys, times):
-        result = {**profile_model(key, workload, device, args.python, args.compile), **timing}
+    for key, step, timing in zip(keys, steps, times):
+        result = {**profile_model(key, step, workload, args.python, args.compile), **timing}
         results.append(result)
         groups = ", ".join(f"{group} {ms:.2f}" for group, ms in sorted(result["gpu_ms_by_group"].items()))
         compiled = "" if args.compile is None else f" compiled ({args.compile})"

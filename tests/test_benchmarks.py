@@ -193,7 +193,6 @@ def test_profile_step_long_mlm_builds_the_long_mlm_groups_models(monkeypatch):
 def test_profile_step_rounds_step_every_model_in_turn_and_take_the_median_of_the_ratios(monkeypatch):
     from benchmarks import profile_step
 
-    monkeypatch.setattr(profile_step, "training_step", lambda key, *args: key)
     walls = {"timm": iter([1.0, 2.0, 10.0]), "lit": iter([5.0, 3.0, 4.0])}
     stepped = []
 
@@ -203,7 +202,7 @@ def test_profile_step_rounds_step_every_model_in_turn_and_take_the_median_of_the
         return wall / 2, wall
 
     monkeypatch.setattr(profile_step, "timed_step", timed_step)
-    timm, lit = profile_step.interleaved_times(["timm", "lit"], ("vit", 8, 0), None, None, rounds=3)
+    timm, lit = profile_step.interleaved_times(["timm", "lit"], rounds=3)
     assert stepped == ["timm", "lit"] * 3
     assert (timm["wall_ms"], timm["host_ms"], timm["wall_ratio"]) == (2000.0, 1000.0, 1.0)
     # The rounds' ratios are 5, 1.5 and 0.4: their median, not the ratio of the medians (4 / 2).
