@@ -1,15 +1,18 @@
 """What the LION operator alone asks of the host, against SDPA: the calls of one ViT-B layer's token mixing
-(queries, keys and values as views of a fused projection; B 4, H 12, N 197 unless --length, D 64, bf16), forward +
-backward.
+(queries, keys and values as views of a fused projection; B 4, H 12, N 197 unless --batch, --length; D 64, bf16),
+forward + backward.
 
     python -m benchmarks.operator_host            # host time per call (GPU), interleaved rounds, ratios to SDPA
     python -m benchmarks.operator_host --count    # aten operations per call (CPU, kernel launches stubbed out)
-    python -m benchmarks.operator_host --count --form chunk --length 256   # the chunk kernels' calls instead
+    python -m benchmarks.operator_host --count --form chunk --length 256  # the chunk kernels' calls instead
+    python -m benchmarks.operator_host --crossover --batch 64 --length 197  # parallel against chunk kernels (GPU)
 
 The timing runs every operator once per round, each from an idle GPU (so that no launch waits on a busy one), and
 reports the median host time of its forward + backward and the median over the rounds of its ratio to SDPA's in
-the same round. ``--count`` counts the top-level aten operations of the forward and of the backward as
-torch.profiler records them, with every Triton launch a no-op (``benchmarks.op_count``'s stubs, under
+the same round. ``--crossover`` times each whole call instead (``triton.testing.do_bench``'s median, ms), LION's
+through the parallel kernels and through the chunk kernels (the parallel form's two routes, which
+``CHUNK_KERNELS_FROM_LENGTH`` chooses between). ``--count`` counts the top-level aten operations of the forward and
+of the backward as torch.profiler records them, with every Triton launch a no-op (``benchmarks.op_count``'s stubs, under
 ``TRITON_INTERPRET=1``), so the counts are the host code's own.
 """
 
@@ -26,14 +29,14 @@ import torch.nn.functional as F
 BATCH, HEADS, LENGTH, DIM = 4, 12, 197, 64
 
 
-def operators(device: torch.device, form: str = "parallel", length: int = LENGTH) -> dict:
-    """``name -> call``: SDPA and LION-LIT, D and S as a ViT layer calls them (LION in ``form``, ``length``
-    tokens), each returning the output."""
+def operators(device: torch.device, form: str = "parallel", length: int = LENGTH, batch: int = BATCH) -> dict:
+    """``name -> call``: SDPA and LION-LIT, D and S as a ViT layer calls them (LION in ``form``, ``batch`` x
+    ``length`` tokens), each returning the output."""
     from lion_hf.modeling.lion_attention import lion_attention
 
-    fused = torch.randn(BATCH, length, 3, HEADS, DIM, device=device, dtype=torch.bfloat16, requires_grad=True)
+    fused = torch.randn(batch, length, 3, HEADS, DIM, device=device, dtype=torch.bfloat16, requires_grad=True)
     logit = torch.randn(1, HEADS, device=device, requires_grad=True)
-    gate = torch.randn(BATCH, length, HEADS, device=device, requires_grad=True)
+    gate = torch.randn(batch, length, HEADS, device=device, requires_grad=True)
 
     def heads():
         return [t.transpose(1, 2) for t in fused.unbind(2)]
@@ -87,30 +90,60 @@ def host_times(calls: dict, rounds: int) -> dict:
     }
 
 
+def crossover_times(calls: dict, length: int) -> dict:
+    """``name -> ms`` of one forward + backward: SDPA's, and each LION call's through the parallel kernels
+    (``"LION-D parallel kernels"``) and through the chunk kernels."""
+    import triton
+
+    from lion_hf.modeling import lion_attention as dispatch
+
+    def ms(call) -> float:
+        return triton.testing.do_bench(lambda: call().sum().backward(), warmup=10, rep=60, return_mode="median")
+
+    default = dispatch.CHUNK_KERNELS_FROM_LENGTH
+    times = {}
+    for name, call in calls.items():
+        if name == "SDPA":
+            times[name] = ms(call)
+            continue
+        for route, threshold in (("parallel kernels", length + 1), ("chunk kernels", 1)):
+            dispatch.CHUNK_KERNELS_FROM_LENGTH = threshold
+            try:
+                times[f"{name} {route}"] = ms(call)
+            finally:
+                dispatch.CHUNK_KERNELS_FROM_LENGTH = default
+    return times
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.operator_host", description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", action="store_true", help="count aten operations (CPU, launches stubbed out)")
     parser.add_argument("--rounds", type=int, default=200, help="timed rounds (default 200)")
-    parser.add_argument("--form", choices=("parallel", "chunk"), default="parallel", 
-                        help="LION's form (default: parallel)")
+    parser.add_argument("--crossover", action="store_true", help="time whole calls, parallel against chunk kernels")
+    parser.add_argument("--form", choices=("parallel", "chunk"), default="parallel", help="LION's form")
     parser.add_argument("--length", type=int, default=LENGTH, help=f"tokens per sequence (default {LENGTH})")
+    parser.add_argument("--batch", type=int, default=BATCH, help=f"sequences (default {BATCH})")
     args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error(f"--rounds must be at least 1, got {args.rounds}")
-    if args.length < 1:
-        parser.error(f"--length must be at least 1, got {args.length}")
+    for name in ("rounds", "length", "batch"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.count:
         os.environ["TRITON_INTERPRET"] = "1"
         from .op_count import _stub_kernel_launches
 
         _stub_kernel_launches()
-        for name, call in operators(torch.device("cpu"), args.form, args.length).items():
+        for name, call in operators(torch.device("cpu"), args.form, args.length, args.batch).items():
             forward, backward = aten_counts(call)
             print(f"{name:9s} {forward:3d} aten ops forward, {backward:3d} backward, {forward + backward:3d} in all")
         return 0
     if not torch.cuda.is_available():
-        parser.error("timing the host needs a CUDA device (--count runs on the CPU)")
-    for name, (us, ratio) in host_times(operators(torch.device("cuda"), args.form, args.length), args.rounds).items():
+        parser.error("timing needs a CUDA device (--count runs on the CPU)")
+    calls = operators(torch.device("cuda"), args.form, args.length, args.batch)
+    if args.crossover:
+        for name, ms in crossover_times(calls, args.length).items():
+            print(f"{name:26s} {ms:7.3f} ms per forward + backward (B {args.batch}, N {args.length})")
+        return 0
+    for name, (us, ratio) in host_times(calls, args.rounds).items():
         print(f"{name:9s} {us:8.1f} us of host per forward + backward, {ratio:.2f}x SDPA's")
     return 0
 

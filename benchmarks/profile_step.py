@@ -38,14 +38,17 @@ from torch.profiler import ProfilerActivity, profile
 from .models import bert_sdpa, comma_separated, lion_mlm, lion_vision, timm_available, timm_vit, vit_sdpa
 from .suites import BERT_BASE, VIT_B, full_settings, mlm_inputs
 
+# Vision models: label, variant, patch order, attention form ("lit-chunk": LIT's linear form through the chunk
+# kernels, at a length where the parallel form takes the parallel kernels).
 MODELS = {
-    "timm": ("timm ViT", None, None),
-    "vit": ("ViT SDPA", None, None),
-    "lit": ("LION-LIT", "lit", "raster"),
-    "d": ("LION-D", "d", "raster"),
-    "s": ("LION-S", "s", "raster"),
-    "d-snake": ("LION-D snake", "d", "snake"),
-    "s-snake": ("LION-S snake", "s", "snake"),
+    "timm": ("timm ViT", None, None, None),
+    "vit": ("ViT SDPA", None, None, None),
+    "lit": ("LION-LIT", "lit", "raster", "parallel"),
+    "lit-chunk": ("LION-LIT chunk", "lit", "raster", "chunk"),
+    "d": ("LION-D", "d", "raster", "parallel"),
+    "s": ("LION-S", "s", "raster", "parallel"),
+    "d-snake": ("LION-D snake", "d", "snake", "parallel"),
+    "s-snake": ("LION-S snake", "s", "snake", "parallel"),
 }
 # ``--task mlm``: BERT-base-shaped masked-LM models, their attention dropout included (as the ``mlm`` group).
 TEXT_MODELS = {"bert": ("BERT SDPA", None), "lit": ("LION-LIT", "lit"), "d": ("LION-D", "d"), "s": ("LION-S", "s")}
@@ -81,12 +84,12 @@ def build(key: str, task: str, device: torch.device):
             return bert_sdpa(shape, device)
         chunked = dict(attention_form="chunk", chunk_size=LONG.long_chunk_size) if task == "long_mlm" else {}
         return lion_mlm(shape, TEXT_MODELS[key][1], device, **chunked)
-    _, variant, order = MODELS[key]
+    _, variant, order, form = MODELS[key]
     if key == "timm":
         return timm_vit(VIT_B, device)
     if key == "vit":
         return vit_sdpa(VIT_B, device)
-    return lion_vision(VIT_B, variant, order, device)
+    return lion_vision(VIT_B, variant, order, device, attention_form=form)
 
 
 def task_inputs(task: str, batch: int, length: int, device: torch.device) -> dict:

@@ -289,10 +289,14 @@ def test_operator_host_counts_the_host_operations_of_every_operator_and_times_on
     assert totals["SDPA"] < totals["LION-LIT"] < totals["LION-D"] < totals["LION-S"]
     from benchmarks import operator_host
 
-    with pytest.raises(SystemExit) as raised:
-        operator_host.main([])
-    assert raised.value.code == 2
-    assert "timing the host needs a CUDA device (--count runs on the CPU)" in capsys.readouterr().err
+    for argv in ([], ["--crossover"]):
+        with pytest.raises(SystemExit) as raised:
+            operator_host.main(argv)
+        assert raised.value.code == 2
+        assert "timing needs a CUDA device (--count runs on the CPU)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        operator_host.main(["--crossover", "--batch", "0"])
+    assert "--batch must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_series_guard_says_what_its_prediction_of_a_slow_call_comes_from():

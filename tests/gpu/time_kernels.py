@@ -1,8 +1,7 @@
 """Timings of the fused parallel-form kernels on a GPU: the device's ceilings, the operator against SDPA, and a sweep
 of tile sizes per kernel. ``python tests/gpu/time_kernels.py [--sweep]``; ``--profile 4096,16384``: the GPU time
-of each kernel of one operator call; ``--chunk-sweep 16384 [--batch 4]``: the chunk kernels' launch options;
-``--crossover 64:197,4:2048``: the parallel against the chunk kernels at (batch, length) pairs; medians of
-``triton.testing.do_bench``.
+of each kernel of one operator call; ``--chunk-sweep 16384 [--batch 4]``: the chunk kernels' launch options; medians
+of ``triton.testing.do_bench``.
 
 Not collected by pytest. What it printed on an H200 is in benchmarks/NOTES.md.
 """
@@ -16,7 +15,6 @@ import torch.nn.functional as F
 import triton
 
 from lion_hf import lion_attention
-from lion_hf.modeling import lion_attention as dispatch
 from lion_hf.modeling import lion_triton
 
 BATCH, HEADS, HEAD_DIM = 4, 12, 64
@@ -218,65 +216,14 @@ def chunk_sweep(length: int, batch: int) -> None:
         print(f"  {name} (warps, stages): " + ", ".join(f"{c} {ms:.3f}" for c, ms in results))
 
 
-def crossover(shapes) -> None:
-    """Forward + backward of each variant as a ViT layer calls it (heads as views of one qkv projection, the
-    variant's feature map, normalised, bf16) through the parallel kernels and through the chunk kernels (both taken
-    by the ``parallel`` form, ``CHUNK_KERNELS_FROM_LENGTH`` deciding), against SDPA on the same
-    heads. ``shapes``: ``(batch, length)`` pairs."""
-    maps = {"lit": "elu_plus_one", "d": "silu_shift_l2", "s": "silu_shift_l2"}
-    default = dispatch.CHUNK_KERNELS_FROM_LENGTH
-    print(f"\ncrossover: fwd+bwd ms, H {HEADS} D {HEAD_DIM}, bf16, normalised; parallel kernels / chunk kernels")
-    for batch, length in shapes:
-        qkv = torch.randn(batch, length, 3, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-        grad = torch.randn(batch, HEADS, length, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
-        decay_logit = (torch.randn(HEADS, device="cuda") + 3).requires_grad_()
-        gate = (torch.randn(batch, HEADS, length, device="cuda") + 3).requires_grad_()
-
-        def sdpa():
-            q, k, v = qkv.unbind(2)
-            out = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)))
-            torch.autograd.grad(out, qkv, grad)
-
-        row = [f"B={batch} N={length}: SDPA {bench(sdpa):.3f}"]
-        for variant in ("lit", "d", "s"):
-
-            def call(variant=variant):
-                q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
-                decays, params = None, (qkv,)
-                if variant == "d":
-                    decays = [F.logsigmoid(decay_logit).view(1, HEADS, 1).expand(1, HEADS, length)]
-                    params = (qkv, decay_logit)
-                elif variant == "s":
-                    decays, params = [F.logsigmoid(gate)], (qkv, gate)
-                out = lion_attention(
-                    q, k, v, decays, feature_map=maps[variant], scale=HEAD_DIM**-0.5, normalize=True,
-                    backend="triton", check_values=False,
-                )  # fmt: skip
-                torch.autograd.grad(out, params, grad)
-
-            times = []
-            for threshold in (length + 1, 1):
-                dispatch.CHUNK_KERNELS_FROM_LENGTH = threshold
-                try:
-                    times.append(bench(call))
-                finally:
-                    dispatch.CHUNK_KERNELS_FROM_LENGTH = default
-            row.append(f"{variant.upper()} {times[0]:.3f} / {times[1]:.3f}")
-        print("  " + " | ".join(row), flush=True)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sweep", action="store_true", help="also sweep the tile sizes of each kernel")
     parser.add_argument("--profile", metavar="N,N,...", help="only the per-kernel GPU time at these lengths")
     parser.add_argument("--chunk-sweep", type=int, metavar="N", help="only the chunk kernels' launch options at N tokens")
     parser.add_argument("--batch", type=int, default=BATCH, help=f"batch of --chunk-sweep (default {BATCH})")
-    parser.add_argument("--crossover", metavar="B:N,B:N,...", help="only the parallel against the chunk kernels")
     args = parser.parse_args()
     print(torch.cuda.get_device_name(), torch.__version__, triton.__version__)
-    if args.crossover:
-        crossover([tuple(int(x) for x in pair.split(":")) for pair in args.crossover.split(",")])
-        return
     if args.chunk_sweep:
         chunk_sweep(args.chunk_sweep, args.batch)
         return
