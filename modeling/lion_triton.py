@@ -62,8 +62,8 @@ except ImportError as error:  # lion_attention catches this and runs the PyTorch
 
 HEAD_DIMS = (16, 128)  # smallest and largest head dim (queries and values); any size in between
 MAX_PATHS = 2
-# Dropout numbers its random draws by query * length + key, in 32-bit integers that must not overflow.
-MAX_DROPOUT_LENGTH = 46340
+# Dropout numbers its random draws by query * ceil(length / 8) + key // 8, in 32-bit integers that must not overflow.
+MAX_DROPOUT_LENGTH = 131072
 # The second grid axis holds batch x heads.
 MAX_BATCH_HEADS = 65535
 
@@ -236,13 +236,21 @@ def _decay_mask(
 
 
 @triton.jit
-def _keep(seed, bh, qi, kj, N, threshold):
-    """Counter-based dropout: entry (i, j) of head ``bh`` is kept when its Philox draw is at least ``threshold``
-    (out of 2**24). The same (seed, bh, i, j) gives the same draw in every kernel and for any tiling."""
-    counter = (qi * N + kj).to(tl.uint32)
+def _keep(seed, bh, offs_m, start_n, N, threshold, BLOCK_N: tl.constexpr):
+    """Counter-based dropout of the tile of head ``bh`` that pairs queries ``offs_m`` with keys ``start_n`` to
+    ``start_n + BLOCK_N``: an entry is kept when its 16-bit draw is at least ``threshold``. One Philox call gives four
+    32-bit numbers, the draws of 8 neighbouring keys (counter ``query * ceil(N / 8) + key // 8``), so the same
+    (seed, bh, query, key) draws the same number in every kernel and for any tiling whose key blocks start at
+    multiples of 8 (all of them), with an eighth of the Philox rounds of one call per entry."""
+    groups = (N + 7) // 8
+    cols = start_n // 8 + tl.arange(0, BLOCK_N // 8)
+    counter = (offs_m[:, None] * groups + cols[None, :]).to(tl.uint32)
     zero = counter * 0
-    draw, _, _, _ = tl.philox(seed, counter, zero + bh.to(tl.uint32), zero, zero)
-    return (draw >> 8).to(tl.int32) >= threshold
+    r0, r1, r2, r3 = tl.philox(seed, counter, zero + bh.to(tl.uint32), zero, zero)
+    # (M, G, 2, 2, 2) with [m, g, x, y, z] = half z of r_(2x + y): flattened, the draws of keys 8g to 8g + 7.
+    quads = tl.join(tl.join(r0, r2), tl.join(r1, r3))
+    draws = tl.join(quads & 0xFFFF, quads >> 16)
+    return tl.reshape(draws >= threshold.to(tl.uint32), (offs_m.shape[0], BLOCK_N))
 
 
 @triton.jit
@@ -337,7 +345,7 @@ def _forward_kernel(
             )
             a = a * mask
         if DROPOUT:
-            keep = _keep(seed, bh, offs_m[:, None], offs_n[None, :], N, drop_threshold)
+            keep = _keep(seed, bh, offs_m, start_n, N, drop_threshold, BLOCK_N)
             a = tl.where(keep, a * drop_scale, 0.0)
         if NORMALIZE:
             z += tl.sum(a, 1)
@@ -397,7 +405,7 @@ def _backward_q_kernel(
             dp += delta[:, None]
         da = dp
         if DROPOUT:
-            keep = _keep(seed, bh, offs_m[:, None], offs_n[None, :], N, drop_threshold)
+            keep = _keep(seed, bh, offs_m, start_n, N, drop_threshold, BLOCK_N)
             da = tl.where(keep, dp * drop_scale, 0.0)
         ds = da
         if NUM_PATHS > 0:
@@ -464,6 +472,7 @@ def _backward_kv_kernel(
     seed = 0
     if DROPOUT:
         seed = tl.load(SEED)
+    start_n = tl.program_id(0) * BLOCK_N
     for start_m in range(0, N, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         rows_ok = offs_m < N
@@ -486,7 +495,7 @@ def _backward_kv_kernel(
         da_t = dp_t
         p_t = a_t
         if DROPOUT:
-            keep = _keep(seed, bh, offs_m[None, :], offs_n[:, None], N, drop_threshold)
+            keep = tl.trans(_keep(seed, bh, offs_m, start_n, N, drop_threshold, BLOCK_N))
             p_t = tl.where(keep, a_t * drop_scale, 0.0)
             da_t = tl.where(keep, dp_t * drop_scale, 0.0)
         dv = tl.dot(p_t.to(dy.dtype), dy, dv, input_precision=PRECISION)
@@ -578,10 +587,13 @@ def _decay_strides(distance, u) -> tuple[int, int]:
 
 
 def _dropout_arguments(dropout_p: float) -> tuple[int, float]:
-    """The keep threshold out of 2**24 and the scale of kept scores."""
+    """The keep threshold out of 2**16 (the draws' range) and the scale of kept scores, from the rate that threshold
+    drops: the expected dropped scores equal the undropped ones exactly, and it differs from ``dropout_p`` by less
+    than 2**-16."""
     if dropout_p <= 0.0:
         return 0, 1.0
-    return round(dropout_p * 2**24), 1.0 / (1.0 - dropout_p)
+    threshold = min(round(dropout_p * 2**16), 2**16 - 1)
+    return threshold, 2**16 / (2**16 - threshold)
 
 
 def _pointers(q, padding, positions, distance, u, w, u_lo, w_lo, seed) -> list[torch.Tensor]:

@@ -15,6 +15,7 @@ low-precision kernels are tested here in float16 and in bfloat16 by tests/gpu/ch
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -237,42 +238,69 @@ def test_float32_running_sums_keep_small_decays_on_long_sequences():
     assert relative_error(out, expected) < 1e-6
 
 
-def kernel_keep_mask(batch, heads, length, p, seed):
-    """The kernel's dropout keep mask under ``torch.manual_seed(seed)``, read back through the kernel: scores of 1
-    everywhere (``q k^T = 1``) times identity values return the mask scaled by ``1 / (1 - p)``."""
+def kernel_dropout(batch, heads, length, p, seed):
+    """The kernel's dropout under ``torch.manual_seed(seed)``, read back through the kernel: scores of 1 everywhere
+    (``q k^T = 1``) times identity values return each score's factor, 0 where dropped and the kept scale elsewhere."""
     q = torch.ones(batch, heads, length, 16)
     k = torch.zeros(batch, heads, length, 16)
     k[..., 0] = 1
     v = torch.eye(length).expand(batch, heads, length, length).contiguous()
     torch.manual_seed(seed)
-    return (lion_attention(q, k, v, None, dropout_p=p, training=True) * (1 - p)).round()
+    return lion_attention(q, k, v, None, dropout_p=p, training=True)
 
 
 def test_dropout_draws_one_mask_per_seed_with_the_asked_rate():
-    p = 0.25
-    keep = kernel_keep_mask(3, 4, 32, p, seed=5)
-    assert set(keep.unique().tolist()) == {0.0, 1.0}
-    assert abs((1 - keep.mean()).item() - p) < 0.03  # 12288 draws: 7 standard deviations
-    assert torch.equal(keep, kernel_keep_mask(3, 4, 32, p, seed=5))
-    assert not torch.equal(keep, kernel_keep_mask(3, 4, 32, p, seed=6))
+    p = 0.3
+    factors = kernel_dropout(3, 4, 32, p, seed=5)
+    dropped, kept = factors.unique().tolist()
+    # The draws have 16 bits: the rate they drop is p to within 2**-16, and the kept scale is its own.
+    assert dropped == 0.0 and kept == pytest.approx(1 / (1 - p), rel=2**-15)
+    keep = factors > 0
+    assert abs((1 - keep.double().mean()).item() - p) < 0.03  # 12288 draws: 7 standard deviations
+    assert torch.equal(factors, kernel_dropout(3, 4, 32, p, seed=5))
+    assert not torch.equal(factors, kernel_dropout(3, 4, 32, p, seed=6))
     # Every (batch, head) gets its own mask.
     flat = keep.flatten(0, 1)
     assert all(not torch.equal(flat[0], flat[i]) for i in range(1, flat.shape[0]))
 
 
-@pytest.mark.parametrize("variant,paths,normalize", [("s", 2, True), ("d", 1, False)])
-def test_dropout_uses_the_same_mask_in_forward_and_backward(variant, paths, normalize):
-    """Outputs and gradients equal the float64 oracle given the kernel's own keep mask (read back as above)."""
-    p, length = 0.3, 16
-    keep = kernel_keep_mask(2, 2, length, p, seed=7).double()
+# Tiles of (BLOCK_M, BLOCK_N) per kernel unlike the interpreter's 16 x 16 and unlike each other: each kernel meets
+# the keys and queries in blocks that start elsewhere, so a draw that depended on the tile would differ between them.
+MIXED_TILES = {"forward": (16, 32), "backward_q": (32, 16), "backward_kv": (32, 16)}
+
+
+@contextlib.contextmanager
+def mixed_tiles():
+    def blocks(kernel, length, dtype):
+        block_m, block_n = MIXED_TILES[kernel]
+        return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=1, num_stages=1)
+
+    default = lion_triton._blocks
+    lion_triton._blocks = blocks
+    lion_triton._meta_of.cache_clear()  # it keeps what _blocks gave
+    try:
+        yield
+    finally:
+        lion_triton._blocks = default
+        lion_triton._meta_of.cache_clear()
+
+
+# Lengths that are not multiples of 4 (the keys one Philox call draws for) nor of any tile.
+@pytest.mark.parametrize("variant,paths,normalize,length", [("s", 2, True, 37), ("d", 1, False, 45)])
+def test_dropout_uses_the_same_mask_in_every_kernel_and_tiling(variant, paths, normalize, length):
+    """Outputs and gradients, each kernel with tiles of its own, equal the float64 oracle given the keep mask read
+    back through the forward kernel at the interpreter's default tiles."""
+    p = 0.3
+    factors = kernel_dropout(2, 2, length, p, seed=7).double()
     params, orders, mask = make_inputs(variant, paths, length, 16, 16, normalize, seed=8)
     grad = torch.randn(2, 2, length, 16)
     torch.manual_seed(7)
-    got = forward_and_gradients(lion_attention, params, variant, orders, normalize, mask, grad, dropout_p=p, training=True)
+    with mixed_tiles():
+        got = forward_and_gradients(lion_attention, params, variant, orders, normalize, mask, grad, dropout_p=p, training=True)
 
     def oracle(q, k, v, log_decays, orders, *, normalize, key_padding_mask):
         weights = naive_attention_weights(q, k, log_decays, orders, key_padding_mask=key_padding_mask)
-        dropped = weights * keep / (1 - p)
+        dropped = weights * factors
         out = dropped @ v.double()
         return out / (dropped.sum(-1, keepdim=True) + 1e-6) if normalize else out
 
