@@ -1,6 +1,7 @@
 """Timings of the fused parallel-form kernels on a GPU: the device's ceilings, the operator against SDPA, and a sweep
 of tile sizes per kernel. ``python tests/gpu/time_kernels.py [--sweep]``; ``--profile 4096,16384``: the GPU time
-of each kernel of one operator call; ``--chunk-sweep 16384 [--batch 4]``: the chunk kernels' launch options; medians
+of each kernel of one operator call; ``--rates``: each parallel kernel's time and TFLOP/s at the ViT-B and BERT-512
+training shapes, score dropout 0 and 0.1; ``--chunk-sweep 16384 [--batch 4]``: the chunk kernels' launch options; medians
 of ``triton.testing.do_bench``.
 
 Not collected by pytest. What it printed on an H200 is in benchmarks/NOTES.md.
@@ -97,17 +98,31 @@ def operator_table(lengths) -> None:
         print("  " + " | ".join(row))
 
 
-def dropout_cost() -> None:
-    """BERT-512-shaped attention (B 32, un-normalised, padded keys): score dropout 0.1 against none."""
-    q, k, v, grad, decay_logit, gate = operator_inputs(512, batch=32)
-    mask = torch.ones(32, 512, dtype=torch.bool, device="cuda")
-    for variant in ("lit", "s"):
-        row = []
+# Matrix products per kernel, in units of B H N^2 D multiply-adds: q k^T and p v; s, dp and dq; s, dp, dv and dk.
+PRODUCTS = {"_forward_kernel": 2, "_backward_q_kernel": 3, "_backward_kv_kernel": 4}
+REPEATS = 10
+TRAINING_SHAPES = [("ViT-B (B64 N197, normalised)", 64, 197, True), ("BERT-512 (B32 N512, padded)", 32, 512, False)]
+
+
+def kernel_rates() -> None:
+    """Each parallel-form kernel's GPU time and TFLOP/s of its matrix products at the two training shapes, score
+    dropout 0 and 0.1 (BERT trains with 0.1), LIT and S; SDPA's forward + backward beside them."""
+    for label, batch, length, normalize in TRAINING_SHAPES:
+        q, k, v, grad, decay_logit, gate = operator_inputs(length, batch=batch)
+        mask = None if normalize else torch.ones(batch, length, dtype=torch.bool, device="cuda")
+        unit = 2 * batch * HEADS * length**2 * HEAD_DIM / 1e9  # GFLOP of one B H N^2 D product
         for p in (0.0, 0.1):
-            ms = bench(lion_call(variant, 1, "triton", q, k, v, grad, decay_logit, gate, False, mask, p))
-            row.append(f"p={p}: {ms:.3f}")
-        sdpa = bench(lambda: torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, dropout_p=0.1), (q, k, v), grad))
-        print(f"dropout, BERT-512 shape, {variant}: " + ", ".join(row) + f" | SDPA p=0.1: {sdpa:.3f}")
+            sdpa = bench(lambda: torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, dropout_p=p), (q, k, v), grad))
+            row = [f"SDPA fwd+bwd {sdpa:.3f} ms"]
+            for variant in ("lit", "s"):
+                call = lion_call(variant, 1, "triton", q, k, v, grad, decay_logit, gate, normalize, mask, p)
+                bench(call)
+                kernels = kernel_times(call, REPEATS)
+                for name, products in PRODUCTS.items():
+                    ms = sum(sum(times) for key, times in kernels.items() if key.startswith(name)) / REPEATS
+                    rate = f"{products * unit / ms:.0f} TFLOP/s" if ms > 0 else f"not launched: {sorted(kernels)}"
+                    row.append(f"{variant} {name[1:-7]} {ms:.3f} ms ({rate})")
+            print(f"{label}, dropout {p}: " + " | ".join(row))
 
 
 FORWARD = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 4, 2), (128, 64, 8, 2), (128, 128, 8, 2), (64, 128, 4, 2), (128, 32, 4, 2)]
@@ -118,15 +133,16 @@ QUERIES = [(64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 4, 2), (64, 32, 4, 2), (12
 def sweep() -> None:
     """Each kernel's candidates with the others at their defaults: S, one path, bf16, at two training shapes."""
     default = lion_triton._blocks
-    shapes = [("ViT-B (B64 N197, normalised)", 64, 197, True), ("BERT-512 (B32 N512, padded)", 32, 512, False)]
-    for label, batch, length, normalize in shapes:
+    shapes = [(*shape, 0.0) for shape in TRAINING_SHAPES] + [(*TRAINING_SHAPES[1], 0.1)]
+    for label, batch, length, normalize, p in shapes:
         q, k, v, grad, decay_logit, gate = operator_inputs(length, batch=batch)
         mask = None if normalize else torch.ones(batch, length, dtype=torch.bool, device="cuda")
         decays = [F.logsigmoid(gate[0])]
         terms = lion_triton._decay_terms(q, decays, [None], mask)
-        args = (q, k, v, mask, *terms, None, 0.0, normalize, 1e-6, 1.0)
+        seed = torch.randint(0, 2**62, (1,), device="cuda") if p > 0 else None
+        args = (q, k, v, mask, *terms, seed, p, normalize, 1e-6, 1.0)
         out, z = lion_triton._forward(*args)
-        print(f"\nsweep {label}: (BLOCK_M, BLOCK_N, warps, stages) -> ms")
+        print(f"\nsweep {label}, dropout {p}: (BLOCK_M, BLOCK_N, warps, stages) -> ms")
         for kernel, candidates in (("forward", FORWARD), ("backward_kv", KEYS), ("backward_q", QUERIES)):
             results = []
             for block_m, block_n, warps, stages in candidates:
@@ -148,12 +164,13 @@ def sweep() -> None:
             print(f"  {kernel}: " + ", ".join(f"{c} {ms:.3f}" for c, ms in results))
 
 
-def kernel_times(call) -> dict[str, list[float]]:
-    """``kernel name -> [ms of each launch]`` in one ``call()`` (torch.profiler)."""
+def kernel_times(call, repeats=1) -> dict[str, list[float]]:
+    """``kernel name -> [ms of each launch]`` in ``repeats`` calls of ``call()`` (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as profiler:
-        call()
+        for _ in range(repeats):
+            call()
         torch.cuda.synchronize()
     kernels: dict[str, list[float]] = {}
     for event in profiler.events():
@@ -220,6 +237,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sweep", action="store_true", help="also sweep the tile sizes of each kernel")
     parser.add_argument("--profile", metavar="N,N,...", help="only the per-kernel GPU time at these lengths")
+    parser.add_argument("--rates", action="store_true", help="only each parallel kernel's time and TFLOP/s at training shapes")
     parser.add_argument("--chunk-sweep", type=int, metavar="N", help="only the chunk kernels' launch options at N tokens")
     parser.add_argument("--batch", type=int, default=BATCH, help=f"batch of --chunk-sweep (default {BATCH})")
     args = parser.parse_args()
@@ -227,12 +245,15 @@ def main() -> None:
     if args.chunk_sweep:
         chunk_sweep(args.chunk_sweep, args.batch)
         return
+    if args.rates:
+        kernel_rates()
+        return
     if args.profile:
         kernel_profile([int(n) for n in args.profile.split(",")])
         return
     ceilings()
     operator_table((197, 512, 1024))
-    dropout_cost()
+    kernel_rates()
     if args.sweep:
         sweep()
 
