@@ -1,4 +1,5 @@
-"""Test setup: an offline hub, the project's ../shared folder as fixtures, and skips counted as failures."""
+"""Test setup: an offline hub, the project's ../shared folder as fixtures, one random state per test, and skips
+counted as failures."""
 
 from __future__ import annotations
 
@@ -14,6 +15,14 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LION_HF_SHARED", REPO.parent / "shared"))
+
+
+@pytest.fixture(autouse=True)
+def same_draws():
+    """Each test's unseeded draws are the same whichever tests ran before it: a failure reproduces."""
+    import torch
+
+    torch.manual_seed(0)
 
 
 @pytest.fixture(scope="session")

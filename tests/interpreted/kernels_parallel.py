@@ -121,9 +121,12 @@ def test_float32_kernels_match_the_float64_oracle_and_the_pytorch_path(variant, 
     )
     assert got[0].dtype == torch.float32
     for name, g, want, other in zip(["out", "dq", "dk", "dv", "ddecay"], got, oracle, pytorch):
+        # A decay's gradient sums N^2 signed terms in float32: relative to a sum that may nearly cancel, its
+        # rounding reaches ~5e-6 for some output gradients (seen on D at 17 tokens).
+        tolerance = 1e-5 if name == "ddecay" else 2e-6
         assert torch.isfinite(g).all(), name
-        assert relative_error(g, want) < 2e-6, name
-        assert relative_error(g, other) < 2e-6, name
+        assert relative_error(g, want) < tolerance, name
+        assert relative_error(g, other) < tolerance, name
 
 
 @pytest.mark.parametrize("variant,paths", [("d", 1), ("s", 2)])
