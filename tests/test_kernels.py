@@ -1,4 +1,5 @@
-"""The fused Triton kernels through Triton's interpreter on the CPU, in a process of their own.
+"""The fused Triton kernels through Triton's interpreter on the CPU, in processes of their own (one per file, side by
+side).
 
 Triton builds its interpreter only when ``TRITON_INTERPRET=1`` is set before its first import, which ``import
 lion_hf`` already does in this session; tests/interpreted/ (not collected here) holds the cases:
@@ -38,10 +39,22 @@ def test_fused_kernels_under_the_triton_interpreter():
     assert problem is None, problem
     env = {**os.environ, "TRITON_INTERPRET": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.pop("LION_HF_ATTENTION_BACKEND", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *map(str, sorted(INTERPRETED.glob("kernels_*.py")))],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=1200,
-    )  # fmt: skip
-    assert len(list(INTERPRETED.glob("kernels_*.py"))) == 3
-    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
-    assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout[-2000:]
+    files = sorted(INTERPRETED.glob("kernels_*.py"))
+    assert len(files) == 3
+    # One process per file, side by side: the interpreter is single-threaded, and CI has two cores.
+    runs = {
+        path.name: subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(path)],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        for path in files
+    }
+    try:
+        for name, run in runs.items():
+            output = run.communicate(timeout=1200)[0]
+            assert run.returncode == 0, f"{name}:\n{output[-8000:]}"
+            assert " passed" in output and "skipped" not in output, f"{name}:\n{output[-2000:]}"
+    finally:
+        for run in runs.values():
+            run.kill()  # the others, when one failed or ran too long
+            run.wait()

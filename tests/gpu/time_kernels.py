@@ -1,8 +1,8 @@
 """Timings of the fused parallel-form kernels on a GPU: the device's ceilings, the operator against SDPA, and a sweep
 of tile sizes per kernel. ``python tests/gpu/time_kernels.py [--sweep]``; ``--profile 4096,16384``: the GPU time
-of each kernel of one operator call; ``--rates``: each parallel kernel's time and TFLOP/s at the ViT-B and BERT-512
-training shapes, score dropout 0 and 0.1; ``--chunk-sweep 16384 [--batch 4]``: the chunk kernels' launch options; medians
-of ``triton.testing.do_bench``.
+of each kernel of one operator call; ``--rates``: each parallel kernel's time and TFLOP/s at the ViT-B and
+BERT-512 training shapes, score dropout 0 and 0.1; ``--chunk-sweep 16384 [--batch 4]``: the chunk kernels' launch
+options; medians of ``triton.testing.do_bench``.
 
 Not collected by pytest. What it printed on an H200 is in benchmarks/NOTES.md.
 """

@@ -299,7 +299,9 @@ def test_dropout_uses_the_same_mask_in_every_kernel_and_tiling(variant, paths, n
     grad = torch.randn(2, 2, length, 16)
     torch.manual_seed(7)
     with mixed_tiles():
-        got = forward_and_gradients(lion_attention, params, variant, orders, normalize, mask, grad, dropout_p=p, training=True)
+        got = forward_and_gradients(
+            lion_attention, params, variant, orders, normalize, mask, grad, dropout_p=p, training=True
+        )
 
     def oracle(q, k, v, log_decays, orders, *, normalize, key_padding_mask):
         weights = naive_attention_weights(q, k, log_decays, orders, key_padding_mask=key_padding_mask)
