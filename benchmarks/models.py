@@ -85,14 +85,14 @@ def bert_sdpa(shape: TextShape, device: torch.device):
     return _build(BertForMaskedLM, BertConfig(**_text_kwargs(shape)), device)
 
 
-def comma_separated(known) -> Callable[[str], list[str]]:
-    """An argparse ``type``: a comma-separated list of names, each one of ``known``."""
+def comma_separated(known, what: str = "models") -> Callable[[str], list[str]]:
+    """An argparse ``type``: a comma-separated list of names, each one of ``known`` (``what`` they are)."""
 
     def parse(text: str) -> list[str]:
         names = text.split(",")
         unknown = [name for name in names if name not in known]
         if unknown:
-            raise argparse.ArgumentTypeError(f"unknown models {unknown}; choose from {', '.join(known)}")
+            raise argparse.ArgumentTypeError(f"unknown {what} {unknown}; choose from {', '.join(known)}")
         return names
 
     return parse

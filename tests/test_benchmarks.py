@@ -218,6 +218,27 @@ def test_launch_cost_refuses_to_run_without_a_gpu(capsys):
     assert "timing kernel launches needs a CUDA device" in capsys.readouterr().err
 
 
+def test_kernel_resources_compile_each_parallel_kernel_for_the_gpu_without_one(capsys):
+    from benchmarks import kernel_resources
+    from lion_hf.modeling import lion_triton
+
+    assert kernel_resources.main(["--variants", "d", "--shapes", "vit", "--opcodes"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert [row.split()[2] for row in rows] == ["_forward_kernel", "_backward_q_kernel", "_backward_kv_kernel"]
+    for row, kernel in zip(rows, ("forward", "backward_q", "backward_kv")):
+        tiles = lion_triton._blocks(kernel, 197, torch.bfloat16)
+        assert f"{tiles['BLOCK_M']}x{tiles['BLOCK_N']} warps {tiles['num_warps']}:" in row
+        registers, stack, local, instructions = map(
+            int, re.search(r"registers (\d+), stack (\d+) B, local (\d+) B; (\d+) instructions", row).groups()
+        )
+        assert 0 < registers <= 255 and stack >= 0 and local >= 0 and instructions > 100, row
+    # The launches are captured, not run: the module's launcher is its own again afterwards.
+    assert lion_triton.launch.__name__ == "launch"
+    with pytest.raises(SystemExit):
+        kernel_resources.main(["--variants", "x"])
+    assert "unknown variants ['x']; choose from lit, d, s" in capsys.readouterr().err
+
+
 def test_op_count_counts_each_autograd_node_once():
     from benchmarks.op_count import autograd_graph
 
