@@ -183,12 +183,16 @@ def _feature_map_gradient(x, dy, ok, row_ok, FEATURE: tl.constexpr):
 @triton.jit
 def _path_log2_mask(
     path, b, h, qi, kj, N, POS, DECAY, U, W, U_LO, W_LO, path_stride, batch_stride,
-    DISTANCE: tl.constexpr, HAS_LO: tl.constexpr,
+    DISTANCE: tl.constexpr, HAS_LO: tl.constexpr, NATURAL: tl.constexpr,
 ):
-    """``log2 M_p`` and ``pos_i - pos_j`` for query indices ``qi`` and key indices ``kj`` (broadcastable)."""
-    pos_q = tl.load(POS + path * N + qi, mask=qi < N, other=0.0)
-    pos_k = tl.load(POS + path * N + kj, mask=kj < N, other=0.0)
-    delta = pos_q - pos_k
+    """``log2 M_p`` and ``pos_i - pos_j`` for query indices ``qi`` and key indices ``kj`` (broadcastable). NATURAL:
+    every path visits the tokens in order, so a token's step is its index (no positions to load)."""
+    if NATURAL:
+        delta = (qi - kj).to(tl.float32)
+    else:
+        pos_q = tl.load(POS + path * N + qi, mask=qi < N, other=0.0)
+        pos_k = tl.load(POS + path * N + kj, mask=kj < N, other=0.0)
+        delta = pos_q - pos_k
     if DISTANCE:
         log_a = tl.load(DECAY + path * path_stride + b * batch_stride + h)
         x = (log_a * _LOG2E) * tl.abs(delta)
@@ -217,16 +221,16 @@ def _path_log2_mask(
 @triton.jit
 def _decay_mask(
     b, h, qi, kj, N, POS, DECAY, U, W, U_LO, W_LO, path_stride, batch_stride,
-    NUM_PATHS: tl.constexpr, DISTANCE: tl.constexpr, HAS_LO: tl.constexpr,
+    NUM_PATHS: tl.constexpr, DISTANCE: tl.constexpr, HAS_LO: tl.constexpr, NATURAL: tl.constexpr,
 ):
     """The mean over paths of ``M_p``, each path's ``M_p / paths``, and each path's ``pos_i - pos_j`` (two paths
     at most; with one, the second path's entries repeat the first's)."""
     x0, delta0 = _path_log2_mask(
-        0, b, h, qi, kj, N, POS, DECAY, U, W, U_LO, W_LO, path_stride, batch_stride, DISTANCE, HAS_LO
+        0, b, h, qi, kj, N, POS, DECAY, U, W, U_LO, W_LO, path_stride, batch_stride, DISTANCE, HAS_LO, NATURAL
     )
     if NUM_PATHS == 2:
         x1, delta1 = _path_log2_mask(
-            1, b, h, qi, kj, N, POS, DECAY, U, W, U_LO, W_LO, path_stride, batch_stride, DISTANCE, HAS_LO
+            1, b, h, qi, kj, N, POS, DECAY, U, W, U_LO, W_LO, path_stride, batch_stride, DISTANCE, HAS_LO, NATURAL
         )
         m0 = tl.exp2(x0) * 0.5
         m1 = tl.exp2(x1) * 0.5
@@ -316,8 +320,8 @@ def _forward_kernel(
     Q, K, V, OUT, Z, PAD, POS, DECAY, U, W, U_LO, W_LO, SEED,
     H, N, D, DV, sqb, sqh, sqn, svb, svh, svn, sob, soh, son, path_stride, batch_stride, eps, scale,
     drop_threshold, drop_scale,
-    NUM_PATHS: tl.constexpr, DISTANCE: tl.constexpr, HAS_LO: tl.constexpr, HAS_PAD: tl.constexpr,
-    DROPOUT: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
+    NUM_PATHS: tl.constexpr, DISTANCE: tl.constexpr, HAS_LO: tl.constexpr, NATURAL: tl.constexpr,
+    HAS_PAD: tl.constexpr, DROPOUT: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     bh, b, h, offs_m, qk_base, raw_base, grad_base, v_base, o_base = _program(
@@ -341,7 +345,7 @@ def _forward_kernel(
         if NUM_PATHS > 0:
             mask, _, _, _, _ = _decay_mask(
                 b, h, offs_m[:, None], offs_n[None, :], N, POS, DECAY, U, W, U_LO, W_LO, path_stride, batch_stride,
-                NUM_PATHS, DISTANCE, HAS_LO,
+                NUM_PATHS, DISTANCE, HAS_LO, NATURAL,
             )
             a = a * mask
         if DROPOUT:
@@ -361,8 +365,9 @@ def _backward_q_kernel(
     Q, K, QR, V, OUT, Z, DY, INV, DELTA, DQ, GRAD_U, GRAD_W, PAD, POS, DECAY, U, W, U_LO, W_LO, SEED,
     H, N, D, DV, sqb, sqh, sqn, srb, srh, srn, svb, svh, svn, sob, soh, son, path_stride, batch_stride, eps, scale,
     drop_threshold, drop_scale,
-    FEATURE: tl.constexpr, NUM_PATHS: tl.constexpr, DISTANCE: tl.constexpr, HAS_LO: tl.constexpr, HAS_PAD: tl.constexpr,
-    DROPOUT: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
+    FEATURE: tl.constexpr, NUM_PATHS: tl.constexpr, DISTANCE: tl.constexpr, HAS_LO: tl.constexpr,
+    NATURAL: tl.constexpr, HAS_PAD: tl.constexpr, DROPOUT: tl.constexpr, NORMALIZE: tl.constexpr,
+    PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     """One block of queries against every key: ``dq``, the normaliser's share and the decay gradients' row sums.
@@ -411,7 +416,7 @@ def _backward_q_kernel(
         if NUM_PATHS > 0:
             mask, m0, m1, delta0, delta1 = _decay_mask(
                 b, h, offs_m[:, None], offs_n[None, :], N, POS, DECAY, U, W, U_LO, W_LO, path_stride, batch_stride,
-                NUM_PATHS, DISTANCE, HAS_LO,
+                NUM_PATHS, DISTANCE, HAS_LO, NATURAL,
             )
             ds = da * mask
             g = da * s
@@ -446,8 +451,9 @@ def _backward_kv_kernel(
     Q, K, KR, V, DY, INV, DELTA, DK, DVAL, GRAD_U, GRAD_W, PAD, POS, DECAY, U, W, U_LO, W_LO, SEED,
     H, N, D, DV, sqb, sqh, sqn, srb, srh, srn, svb, svh, svn, sob, soh, son, path_stride, batch_stride, scale, drop_threshold,
     drop_scale,
-    FEATURE: tl.constexpr, NUM_PATHS: tl.constexpr, DISTANCE: tl.constexpr, HAS_LO: tl.constexpr, HAS_PAD: tl.constexpr,
-    DROPOUT: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
+    FEATURE: tl.constexpr, NUM_PATHS: tl.constexpr, DISTANCE: tl.constexpr, HAS_LO: tl.constexpr,
+    NATURAL: tl.constexpr, HAS_PAD: tl.constexpr, DROPOUT: tl.constexpr, NORMALIZE: tl.constexpr,
+    PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     """One block of keys against every query: ``dk``, ``dv`` and, LION-S, ``d/du`` and ``d/dw`` of its tokens
@@ -489,7 +495,7 @@ def _backward_kv_kernel(
         if NUM_PATHS > 0:
             mask, m0, m1, delta0, delta1 = _decay_mask(
                 b, h, offs_m[None, :], offs_n[:, None], N, POS, DECAY, U, W, U_LO, W_LO, path_stride, batch_stride,
-                NUM_PATHS, DISTANCE, HAS_LO,
+                NUM_PATHS, DISTANCE, HAS_LO, NATURAL,
             )
             a_t = s_t * mask
         da_t = dp_t
@@ -557,17 +563,21 @@ def _meta(kernel: str, q, v, positions, distance, u_lo, padding, dropout_p, norm
     """The constexprs and launch settings of ``kernel`` for these inputs (see ``_blocks``)."""
     return _meta_of(
         kernel, q.shape[2], q.dtype, q.shape[-1], v.shape[-1], 0 if positions is None else positions.shape[0],
-        distance is not None, u_lo is not None, padding is not None, dropout_p > 0.0, normalize,
+        distance is not None, u_lo is not None, positions is not None and positions.shape[1] == 0,
+        padding is not None, dropout_p > 0.0, normalize,
     )  # fmt: skip
 
 
 @functools.lru_cache(maxsize=1024)
-def _meta_of(kernel, length, dtype, dim, value_dim, paths, distance, low_parts, padding, dropout, normalize) -> dict:
+def _meta_of(
+    kernel, length, dtype, dim, value_dim, paths, distance, low_parts, natural, padding, dropout, normalize
+) -> dict:
     # Kept per kind of call (shared, never changed by the callers): a step asks for the same few in every layer.
     return dict(
         NUM_PATHS=paths,
         DISTANCE=distance,
         HAS_LO=low_parts,
+        NATURAL=natural,
         HAS_PAD=padding,
         DROPOUT=dropout,
         NORMALIZE=normalize,
@@ -599,6 +609,8 @@ def _dropout_arguments(dropout_p: float) -> tuple[int, float]:
 def _pointers(q, padding, positions, distance, u, w, u_lo, w_lo, seed) -> list[torch.Tensor]:
     """Tensor arguments in kernel order (see ``_present``)."""
     padding = None if padding is None else padding.view(torch.uint8)
+    if positions is not None and positions.shape[1] == 0:
+        positions = None  # paths in token order: the kernels read no positions
     return _present(q, padding, positions, distance, u, w, u_lo, w_lo, seed)
 
 
@@ -917,12 +929,13 @@ def parallel_attention(
 def _decay_terms(q, log_decays, orders, spanned):
     """``(positions, distance, u, w, u_lo, w_lo)`` of the paths; absent ones ``None``.
 
-    ``positions``: ``(P, N)`` float32, the step at which each path visits each token. LION-D (every path constant
-    along the tokens): ``distance`` ``(P, B or 1, H)``, the log-decays. Otherwise ``u``, ``w`` ``(P, B or 1, H, N)``:
-    the exclusive and inclusive running sums along each path, in token order; for float32 inputs summed in float64
-    and split into a float32 high part and a low part (``u_lo``, ``w_lo``, outside autograd: the gradient
-    reaches the sums through the high part). The log-decays are bounded here as ``bounded_log_decays`` bounds them
-    (``spanned``: see there); where autograd runs, it carries the bounds' gradient, else ``bounds_passing`` gives it.
+    ``positions``: ``(P, N)`` float32, the step at which each path visits each token (``(P, 0)`` when every path
+    visits them in order). LION-D (every path constant along the tokens): ``distance`` ``(P, B or 1, H)``, the
+    log-decays. Otherwise ``u``, ``w`` ``(P, B or 1, H, N)``: the exclusive and inclusive running sums along each
+    path, in token order; for float32 inputs summed in float64 and split into a float32 high part and a low part
+    (``u_lo``, ``w_lo``, outside autograd: the gradient reaches the sums through the high part). The log-decays are
+    bounded here as ``bounded_log_decays`` bounds them (``spanned``: see there); where autograd runs, it carries the
+    bounds' gradient, else ``bounds_passing`` gives it.
     """
     if log_decays is None:
         return None, None, None, None, None, None
@@ -948,9 +961,12 @@ def _decay_terms(q, log_decays, orders, spanned):
 
 
 def _positions(orders, length: int, device: torch.device) -> torch.Tensor:
-    """``(P, N)`` float32: the step at which each path visits each token."""
-    if all(order is None for order in orders) and not torch.compiler.is_compiling():
-        return _natural_positions(len(orders), length, device)
+    """``(P, N)`` float32: the step at which each path visits each token; ``(P, 0)`` when every path visits them in
+    order, each token's step its index, which the kernels take from the indices themselves."""
+    if all(order is None for order in orders):
+        if torch.compiler.is_compiling():
+            return torch.empty(len(orders), 0, device=device)
+        return _natural_positions(len(orders), device)
     steps = [
         torch.arange(length, device=device, dtype=torch.float32) if o is None else order_steps(o, torch.float32)
         for o in orders
@@ -959,11 +975,11 @@ def _positions(orders, length: int, device: torch.device) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _natural_positions(paths: int, length: int, device: torch.device) -> torch.Tensor:
-    """Paths in token order, made once per length (every layer and step of a model asks for the same ones); a
-    normal tensor even under inference mode, so that a later training step may save it for its backward."""
+def _natural_positions(paths: int, device: torch.device) -> torch.Tensor:
+    """The ``(P, 0)`` positions of paths in token order, made once (every layer and step of a model asks for the
+    same); a normal tensor even under inference mode, so that a later training step may save it for its backward."""
     with torch.inference_mode(False):
-        return torch.arange(length, device=device, dtype=torch.float32).repeat(paths, 1)
+        return torch.empty(paths, 0, device=device)
 
 
 def _stack(tensors: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
