@@ -563,8 +563,8 @@ def _meta(kernel: str, q, v, positions, distance, u_lo, padding, dropout_p, norm
     """The constexprs and launch settings of ``kernel`` for these inputs (see ``_blocks``)."""
     return _meta_of(
         kernel, q.shape[2], q.dtype, q.shape[-1], v.shape[-1], 0 if positions is None else positions.shape[0],
-        distance is not None, u_lo is not None, positions is not None and positions.shape[1] == 0,
-        padding is not None, dropout_p > 0.0, normalize,
+        distance is not None, u_lo is not None, _in_token_order(positions), padding is not None, dropout_p > 0.0,
+        normalize,
     )  # fmt: skip
 
 
@@ -609,9 +609,13 @@ def _dropout_arguments(dropout_p: float) -> tuple[int, float]:
 def _pointers(q, padding, positions, distance, u, w, u_lo, w_lo, seed) -> list[torch.Tensor]:
     """Tensor arguments in kernel order (see ``_present``)."""
     padding = None if padding is None else padding.view(torch.uint8)
-    if positions is not None and positions.shape[1] == 0:
-        positions = None  # paths in token order: the kernels read no positions
+    positions = None if _in_token_order(positions) else positions  # the kernels read none then
     return _present(q, padding, positions, distance, u, w, u_lo, w_lo, seed)
+
+
+def _in_token_order(positions) -> bool:
+    """Whether every path visits the tokens in order (``_positions`` gave ``(P, 0)``): the kernels' NATURAL."""
+    return positions is not None and positions.shape[1] == 0
 
 
 def _present(q: torch.Tensor, *tensors: torch.Tensor | None) -> list[torch.Tensor]:

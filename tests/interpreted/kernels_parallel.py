@@ -288,11 +288,11 @@ def mixed_tiles():
         lion_triton._meta_of.cache_clear()
 
 
-# Lengths that are not multiples of 4 (the keys one Philox call draws for) nor of any tile.
+# Lengths that are not multiples of 8 (the keys one Philox call draws for) nor of any tile.
 @pytest.mark.parametrize("variant,paths,normalize,length", [("s", 2, True, 37), ("d", 1, False, 45)])
 def test_dropout_uses_the_same_mask_in_every_kernel_and_tiling(variant, paths, normalize, length):
-    """Outputs and gradients, each kernel with tiles of its own, equal the float64 oracle given the keep mask read
-    back through the forward kernel at the interpreter's default tiles."""
+    """Outputs and gradients, each kernel with tiles of its own, equal the float64 oracle given the dropout factors
+    read back through the forward kernel at the interpreter's default tiles."""
     p = 0.3
     factors = kernel_dropout(2, 2, length, p, seed=7).double()
     params, orders, mask = make_inputs(variant, paths, length, 16, 16, normalize, seed=8)
