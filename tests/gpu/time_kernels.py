@@ -106,7 +106,7 @@ TRAINING_SHAPES = [("ViT-B (B64 N197, normalised)", 64, 197, True), ("BERT-512 (
 
 def kernel_rates() -> None:
     """Each parallel-form kernel's GPU time and TFLOP/s of its matrix products at the two training shapes, score
-    dropout 0 and 0.1 (BERT trains with 0.1), LIT and S; SDPA's forward + backward beside them."""
+    dropout 0 and 0.1 (BERT trains with 0.1), LIT, D and S; SDPA's forward + backward beside them."""
     for label, batch, length, normalize in TRAINING_SHAPES:
         q, k, v, grad, decay_logit, gate = operator_inputs(length, batch=batch)
         mask = None if normalize else torch.ones(batch, length, dtype=torch.bool, device="cuda")
@@ -114,7 +114,7 @@ def kernel_rates() -> None:
         for p in (0.0, 0.1):
             sdpa = bench(lambda: torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, dropout_p=p), (q, k, v), grad))
             row = [f"SDPA fwd+bwd {sdpa:.3f} ms"]
-            for variant in ("lit", "s"):
+            for variant in ("lit", "d", "s"):
                 call = lion_call(variant, 1, "triton", q, k, v, grad, decay_logit, gate, normalize, mask, p)
                 bench(call)
                 kernels = kernel_times(call, REPEATS)
