@@ -1101,8 +1101,9 @@ def recurrent_form(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, k
 
 
 def _int8(key_padding_mask):
-    """The padding mask as the operators take it."""
-    return None if key_padding_mask is None else key_padding_mask.view(torch.int8)
+    """The padding mask as the operators take it: converted, not viewed as int8 (Inductor in torch 2.11 cannot
+    lower that view of a bool tensor computed in the graph: "torch.bool is not supported by torch.iinfo")."""
+    return None if key_padding_mask is None else key_padding_mask.to(torch.int8)
 
 
 ENTRIES = {"chunk": chunk_form, "recurrent": recurrent_form, "unsupported": unsupported}
