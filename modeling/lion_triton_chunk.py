@@ -914,7 +914,7 @@ def _chunk_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The output and (with ``normalize``; else empty) the row sums averaged over paths, kept for backward."""
     paths = _paths(log_decays, orders, chunk_size, q.shape[2])
-    return _forward(q, k, v, paths, key_padding_mask, chunk_size, normalize, eps)
+    return _forward(q, k, v, paths, _int8(key_padding_mask), chunk_size, normalize, eps)
 
 
 @_chunk_attention.register_fake
@@ -930,7 +930,7 @@ def _chunk_attention_backward(
     key_padding_mask: torch.Tensor | None, chunk_size: int, normalize: bool, eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     paths = _paths(log_decays, orders, chunk_size, q.shape[2])
-    return _backward(grad, q, k, v, out, mean_den, paths, key_padding_mask, chunk_size, normalize, eps)
+    return _backward(grad, q, k, v, out, mean_den, paths, _int8(key_padding_mask), chunk_size, normalize, eps)
 
 
 @_chunk_attention_backward.register_fake
@@ -965,7 +965,7 @@ def _recurrent_attention(
     eps: float,
 ) -> torch.Tensor:
     paths = _paths(log_decays, orders, chunk_size, q.shape[2])
-    return _recurrent_forward(q, k, v, paths, key_padding_mask, chunk_size, normalize, eps)
+    return _recurrent_forward(q, k, v, paths, _int8(key_padding_mask), chunk_size, normalize, eps)
 
 
 @_recurrent_attention.register_fake
@@ -1088,7 +1088,7 @@ def chunk_form(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_p
             q, k, v, key_padding_mask, chunk_size, normalize, eps, orders or [], *(log_decays or ())
         )
     decays, steps = _along_paths(log_decays or (), orders or (), key_padding_mask)
-    return _chunk_attention(q, k, v, decays, steps, _int8(key_padding_mask), chunk_size, normalize, eps)[0]
+    return _chunk_attention(q, k, v, decays, steps, key_padding_mask, chunk_size, normalize, eps)[0]
 
 
 def recurrent_form(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, key_padding_mask, dropout_p):
@@ -1097,13 +1097,14 @@ def recurrent_form(q, k, v, log_decays, orders, *, chunk_size, normalize, eps, k
         return chunk_form(q, k, v, log_decays, orders, chunk_size=chunk_size, normalize=normalize, eps=eps,
                           key_padding_mask=key_padding_mask, dropout_p=dropout_p)  # fmt: skip
     decays, steps = _along_paths(log_decays, orders, key_padding_mask)
-    return _recurrent_attention(q, k, v, decays, steps, _int8(key_padding_mask), chunk_size, normalize, eps)
+    return _recurrent_attention(q, k, v, decays, steps, key_padding_mask, chunk_size, normalize, eps)
 
 
 def _int8(key_padding_mask):
-    """The padding mask as the operators take it: converted, not viewed as int8 (Inductor in torch 2.11 cannot
-    lower that view of a bool tensor computed in the graph: "torch.bool is not supported by torch.iinfo")."""
-    return None if key_padding_mask is None else key_padding_mask.to(torch.int8)
+    """The boolean padding mask as the kernels read it, a view. Taken inside the operators, never in a traced
+    graph: Inductor in torch 2.11 cannot lower this view of a mask computed in the graph ("torch.bool is not
+    supported by torch.iinfo")."""
+    return None if key_padding_mask is None else key_padding_mask.view(torch.int8)
 
 
 ENTRIES = {"chunk": chunk_form, "recurrent": recurrent_form, "unsupported": unsupported}
